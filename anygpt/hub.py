@@ -1,0 +1,78 @@
+"""Find weights on disk or fetch them: one function for local paths, HF repo ids and URLs."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from anygpt import AnyGPTError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class WeightsNotFoundError(AnyGPTError):
+    """A weight file is neither on disk nor downloadable; the message says what to fetch and where to put it."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded URLs are kept (``$ANYGPT_CACHE`` or ``~/.cache/anygpt``)."""
+    return Path(os.environ.get("ANYGPT_CACHE", Path.home() / ".cache" / "anygpt"))
+
+
+def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
+    """Local path of ``source`` (or of ``filename`` inside it).
+
+    Args:
+        source: A local file or folder, a Hugging Face repo id (``fnlp/AnyGPT-base``) or an http(s) URL.
+        filename: A file inside ``source`` (a folder or repo); None means the whole folder or repo.
+
+    Raises:
+        WeightsNotFoundError: Not on disk and not downloadable (offline, missing file, bad id): one line
+            naming the file and how to supply a local path instead.
+    """
+    text = os.fspath(source)
+    local = Path(text).expanduser()
+    if local.exists():
+        target = local / filename if filename else local
+        if not target.exists():
+            raise WeightsNotFoundError(f"{filename!r} is missing from the local folder {local}")
+        return target
+    if text.startswith(("http://", "https://")):
+        return _download_url(text)
+    if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
+        return _download_repo(text, filename)
+    raise WeightsNotFoundError(f"no such file or folder: {text}" + (f" (looking for {filename})" if filename else ""))
+
+
+def _download_repo(repo_id: str, filename: str | None) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        if filename:
+            return Path(hf_hub_download(repo_id, filename))
+        return Path(snapshot_download(repo_id))
+    except Exception as err:  # offline, gated, missing: all end in the same advice
+        what = f"{filename} of {repo_id}" if filename else f"the files of {repo_id}"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fetch = f"huggingface-cli download {repo_id}{' ' + filename if filename else ''} --local-dir DIR"
+        raise WeightsNotFoundError(
+            f"cannot get {what} ({type(err).__name__}: {reason[:160]}); fetch it with `{fetch}` "
+            f"on a machine with network access and give the local path DIR instead of '{repo_id}'"
+        ) from err
+
+
+def _download_url(url: str) -> Path:
+    target = cache_dir() / re.sub(r"[^\w.-]", "_", url.split("://", 1)[1])[-200:]
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from torch.hub import download_url_to_file
+
+        download_url_to_file(url, str(target), progress=True)
+    except Exception as err:
+        raise WeightsNotFoundError(
+            f"cannot download {url} ({type(err).__name__}); download it yourself and give its local path instead"
+        ) from err
+    return target

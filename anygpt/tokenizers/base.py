@@ -1,0 +1,105 @@
+"""The codec interface: what ``UnifiedLM`` needs from a modality, and a base class with the shared parts."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from lightning.pytorch import LightningModule
+
+from anygpt.lm.vocab import TokenRange, VocabLayout
+
+
+@runtime_checkable
+class ModalityCodec(Protocol):
+    """A modality's tokenizer: media to codec-local ids and back, plus its place in the LM vocabulary.
+
+    Attributes:
+        modality: Name used in requests and data files (``music``).
+        token_prefix: Prefix of the code token strings (``🎶`` gives ``<🎶12>``).
+        start_tag: Token opening a span (``<somu>``).
+        end_tag: Token closing a span (``<eomu>``).
+        vocab_size: Number of codes the LM sees.
+        span_length: Exact number of codes per span, or None when spans vary.
+    """
+
+    modality: str
+    token_prefix: str
+    start_tag: str
+    end_tag: str
+    vocab_size: int
+    span_length: int | None
+
+    def load(self, source: Any) -> Any:
+        """Read one item from a path or bytes, prepared as the codec expects it."""
+
+    def encode(self, media_batch: list) -> list[torch.Tensor]:
+        """One 1-D LongTensor of codec-local ids in ``[0, vocab_size)`` per item."""
+
+    def decode(self, codes: list[torch.Tensor], **kwargs: Any) -> list:
+        """Media for each 1-D tensor of codec-local ids."""
+
+    def register(self, vocab: VocabLayout) -> TokenRange:
+        """Add this modality's tokens to ``vocab``."""
+
+    def allowed(self, position: int) -> tuple[int, int]:
+        """Half-open range of codec-local ids legal at ``position`` (0-based) inside a span."""
+
+
+class BaseCodec(LightningModule):
+    """Shared parts of the built-in codecs: registration, span grammar defaults and frozen eval mode.
+
+    Codecs are frozen and hook-free: they never train, never log, and stay in eval mode whatever their
+    parent does. Subclasses set the class attributes and implement ``load``, ``encode`` and ``decode``.
+    """
+
+    modality: str = ""
+    token_prefix: str = ""
+    start_tag: str = ""
+    end_tag: str = ""
+    vocab_size: int = 0
+    span_length: int | None = None
+
+    def freeze(self) -> None:
+        """Turn off gradients and switch to eval mode for good."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> BaseCodec:
+        """Stays in eval mode: codecs are frozen."""
+        return super().train(False)
+
+    def register(self, vocab: VocabLayout) -> TokenRange:
+        """Add this modality's code tokens and tags to ``vocab``."""
+        return vocab.register(self.modality, self.token_prefix, self.vocab_size, self.start_tag, self.end_tag)
+
+    def allowed(self, position: int) -> tuple[int, int]:
+        """Any code is legal anywhere unless a subclass says otherwise."""
+        return 0, self.vocab_size
+
+    def can_end(self, length: int) -> bool:
+        """Whether a span of ``length`` codes is complete (the end tag may follow)."""
+        if self.span_length is not None:
+            return length == self.span_length
+        return length > 0
+
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Check a span against the grammar; returns it as a 1-D LongTensor or raises ``ValueError``."""
+        codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+        if not self.can_end(codes.numel()):
+            raise ValueError(f"a {self.modality} span of {codes.numel()} codes is incomplete")
+        for position, code in enumerate(codes.tolist()):
+            low, high = self.allowed(position)
+            if not low <= code < high:
+                raise ValueError(
+                    f"{self.modality} code {code} at position {position} is outside its allowed range [{low}, {high})"
+                )
+        return codes
+
+
+def span_can_end(codec: ModalityCodec, length: int) -> bool:
+    """``codec.can_end(length)`` where the codec defines it, else the rule implied by ``span_length``."""
+    if hasattr(codec, "can_end"):
+        return bool(codec.can_end(length))
+    return length == codec.span_length if codec.span_length is not None else length > 0
