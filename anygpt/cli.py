@@ -1,0 +1,66 @@
+"""``anygpt {predict,fit,validate} --config configs/X.yaml``: a thin LightningCLI over UnifiedLM.
+
+Lightning, torch and the model code are imported only once a subcommand is parsed, so ``anygpt --help`` answers
+at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: anygpt [-h] {predict,fit,validate,test} --config CONFIG.yaml [--section.key VALUE ...]
+
+AnyGPT: one language model that reads and writes text, speech, image and music tokens.
+
+subcommands:
+  predict    generate for requests (source|target|content lines); writes media, text and predictions.jsonl
+  fit        train or fine-tune the LM on AnyGPT-format JSONL
+  validate   report loss and perplexity per task on validation JSONL
+  test       as validate, on the test split
+
+examples:
+  anygpt predict --config configs/tiny.yaml
+  anygpt predict --config configs/base.yaml --data.requests_file my_requests.txt
+  anygpt predict --config configs/base.yaml --print_config
+  anygpt fit --config tests/configs/fit_tiny.yaml
+
+Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
+"""
+
+
+def _cli_class():
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from anygpt.lm.unified import UnifiedLM
+
+    class AnyGPTCLI(LightningCLI):
+        """LightningCLI over ``UnifiedLM`` and any LightningDataModule (requests or training data)."""
+
+        def __init__(self, args=None, **kwargs):
+            super().__init__(
+                UnifiedLM,
+                LightningDataModule,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+                **kwargs,
+            )
+
+    return AnyGPTCLI
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``anygpt`` console script and of ``python -m anygpt``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return
+    from anygpt import AnyGPTError
+
+    try:
+        _cli_class()(args=argv)
+    except AnyGPTError as err:
+        print(f"anygpt: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

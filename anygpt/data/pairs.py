@@ -1,0 +1,120 @@
+"""Paired text/modality data in the AnyGPT JSONL format, for ``anygpt fit`` and ``anygpt validate``.
+
+Each line is ``{"text": "...", "music": "<somu><🎶12>...<eomu>"}`` (pipeline §5.1): a caption plus one modality
+given as its token string. The model turns each record into a base-template sequence, x->text or text->x.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from functools import partial
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from anygpt import AnyGPTError
+
+log = logging.getLogger(__name__)
+
+
+def read_jsonl_examples(files: list[str], build, seed: int) -> tuple[list[tuple[list[int], str]], list[str]]:
+    """Build ``(ids, task)`` examples from JSONL files with ``build(record, rng)``.
+
+    Returns the examples and one ``file:line: reason`` message per malformed record (skipped, never fatal).
+    """
+    examples, problems = [], []
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise AnyGPTError(f"data file not found: {path}")
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                rng = random.Random(f"{seed}:{path.name}:{number}")
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise AnyGPTError("not a JSON object")
+                    examples.append(build(record, rng))
+                except (ValueError, AnyGPTError) as err:
+                    problems.append(f"{path}:{number}: {err}")
+    for problem in problems[:20]:
+        log.warning("skipped %s", problem)
+    if len(problems) > 20:
+        log.warning("skipped %d more malformed records", len(problems) - 20)
+    return examples, problems
+
+
+def collate_examples(batch: list[tuple[list[int], str]], pad_id: int = 0) -> dict:
+    """Right-pad a batch; labels are the ids (loss on every token) and -100 on padding."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        labels[row, : len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task": [t for _, t in batch]}
+
+
+class PairedJsonlDataModule(LightningDataModule):
+    """Trains and validates on AnyGPT-format JSONL pairs (text + one modality token string per line).
+
+    The direction of each example (modality->text or text->modality) is drawn with ``to_text_prob`` from a
+    generator seeded by ``seed``, file and line, so a rerun builds the same sequences. Malformed lines are
+    skipped with a warning naming the file and line.
+
+    Args:
+        train_files: JSONL files for ``fit``.
+        val_files: JSONL files for validation (``fit`` and ``validate``).
+        batch_size: Sequences per batch.
+        max_length: Longest sequence; longer ones are cut (and then get no ``</s>``).
+        to_text_prob: Probability of the modality->text direction.
+        seed: Seed of the direction and instruction draws.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, train_files: list[str] = [], val_files: list[str] = [], batch_size: int = 1,
+                 max_length: int = 4096, to_text_prob: float = 0.5, seed: int = 42, num_workers: int = 0):
+        super().__init__()
+        if not 0 <= to_text_prob <= 1:
+            raise AnyGPTError(f"to_text_prob must lie in [0, 1], got {to_text_prob}")
+        self.train_files, self.val_files = list(train_files), list(val_files)
+        self.batch_size, self.max_length, self.num_workers = batch_size, max_length, num_workers
+        self.to_text_prob, self.seed = to_text_prob, seed
+        self.train, self.val, self.problems = [], [], []
+
+    def setup(self, stage: str) -> None:
+        model = self.trainer.lightning_module
+
+        def build(record, rng):
+            return model.build_example(record, rng, max_length=self.max_length, to_text_prob=self.to_text_prob)
+
+        if stage == "fit" and not self.train_files:
+            raise AnyGPTError("data.train_files is empty: fit needs at least one JSONL file")
+        if stage == "validate" and not self.val_files:
+            raise AnyGPTError("data.val_files is empty: validate needs at least one JSONL file")
+        self.pad_id = model.tokenizer.pad_id
+        if stage == "fit":
+            self.train, bad = read_jsonl_examples(self.train_files, build, self.seed)
+            self.problems += bad
+            if not self.train:
+                raise AnyGPTError(f"no usable records in {self.train_files} ({len(bad)} malformed)")
+        self.val, bad = read_jsonl_examples(self.val_files, build, self.seed)
+        self.problems += bad
+
+    def _loader(self, data, shuffle: bool) -> DataLoader:
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=partial(collate_examples, pad_id=self.pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)

@@ -1,0 +1,322 @@
+"""UnifiedLM: the language model over text and modality tokens, composed with its codecs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from anygpt import AnyGPTError
+from anygpt.data.requests import Request
+from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, generate
+from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
+from anygpt.lm.tokenizer import TextTokenizer
+from anygpt.lm.vocab import SPECIALS, VocabLayout
+from anygpt.tokenizers.base import span_can_end
+
+
+class UnifiedLM(LightningModule):
+    """One causal LM that reads and writes text, speech, image and music tokens (AnyGPT).
+
+    Codecs are registered in dict order after the role tokens. With a released tokenizer (AnyGPT-base) the
+    layout is read from it and checked; with a plain text tokenizer the codec tokens are added and the
+    backbone's embeddings are resized.
+
+    Args:
+        backbone: A HF causal LM (repo id or local folder, e.g. ``fnlp/AnyGPT-base``), or a dict of
+            ``LlamaConfig`` fields for a freshly initialised model.
+        tokenizer: Folder or repo id of the text tokenizer; None uses the backbone's folder; ``tiny`` trains a
+            small SentencePiece tokenizer on built-in text (CPU tests and tiny configs).
+        codecs: Modality name to codec (any object with the ``ModalityCodec`` interface).
+        generation: Per-target overrides of the sampling presets, e.g. ``{music: {top_k: 100}}``.
+        instructions: JSON file of instruction pools (``{"from_text": {...}, "to_text": {...}}``); None uses the
+            built-in phrasings.
+        grammar: Constrain generated spans to what the target codec accepts.
+        dtype: Weight dtype of a loaded backbone (``float32``, ``bfloat16``, ``float16``).
+        seed: Seed of a fresh backbone's initialisation and of requests that carry no seed.
+        optimizer: Optimizer factory for ``fit``; None is AdamW(lr=2e-5, weight_decay=0).
+        lr_scheduler: Scheduler factory for ``fit``; None keeps the learning rate constant.
+    """
+
+    def __init__(
+        self,
+        backbone: str | dict = "fnlp/AnyGPT-base",
+        tokenizer: str | None = None,
+        codecs: dict[str, Any] | None = None,
+        generation: dict[str, dict] | None = None,
+        instructions: str | None = None,
+        grammar: bool = True,
+        dtype: str = "float32",
+        seed: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for key in ("codecs", "optimizer", "lr_scheduler"):  # keep configs, never module instances
+            value = self.hparams.get(key)
+            values = value.values() if isinstance(value, dict) else [value]
+            if any(v is not None and not isinstance(v, (dict, str, int, float)) for v in values):
+                del self.hparams[key]
+        codecs = dict(codecs or {})
+        for name, codec in codecs.items():
+            if getattr(codec, "modality", None) != name:
+                raise AnyGPTError(f"codecs.{name}: the codec's modality is {getattr(codec, 'modality', None)!r}")
+            if name == "text":
+                raise AnyGPTError("codecs.text: 'text' is the LM's own modality, not a codec")
+        self.codecs = codecs
+        self.codec_modules = nn.ModuleDict({k: v for k, v in codecs.items() if isinstance(v, nn.Module)})
+        self.presets = build_presets(generation)
+        self.instructions = InstructionPools.from_file(instructions) if instructions else InstructionPools()
+        self.grammar, self.seed = grammar, seed
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+
+        if tokenizer is None and isinstance(backbone, dict):
+            raise AnyGPTError("a backbone built from a config needs `tokenizer` (a folder, repo id or 'tiny')")
+        self.tokenizer = TextTokenizer.tiny() if tokenizer == "tiny" else TextTokenizer.from_pretrained(tokenizer or backbone)
+        self.layout = self._build_layout()
+        self.backbone = self._build_backbone(backbone, dtype)
+        self.reply_end_id = self.layout.token_id("<eos>")
+        self.stop_ids = [self.reply_end_id, self.tokenizer.eos_id]
+        self.metrics = nn.ModuleDict()
+
+    def _build_layout(self) -> VocabLayout:
+        vocab = self.tokenizer.get_vocab()
+        if SPECIALS[0] in vocab:
+            known = [c for c in self.codecs.values() if f"<{c.token_prefix}0>" in vocab]
+            layout = VocabLayout.from_tokenizer(vocab, known)
+        else:
+            layout = VocabLayout(len(self.tokenizer))
+        for codec in self.codecs.values():
+            if codec.modality not in layout.ranges:
+                codec.register(layout)
+        self.tokenizer.add_tokens(layout.token_strings())
+        if len(self.tokenizer) != len(layout):
+            raise AnyGPTError(
+                f"tokenizer holds {len(self.tokenizer)} tokens but the vocabulary layout needs {len(layout)}: "
+                "it has added tokens that are not AnyGPT's"
+            )
+        return layout
+
+    def _build_backbone(self, backbone: str | dict, dtype: str) -> nn.Module:
+        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+        if isinstance(backbone, dict):
+            config = LlamaConfig(**{**backbone, "vocab_size": len(self.layout)})
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                model = LlamaForCausalLM(config)
+        else:
+            from anygpt.hub import resolve
+
+            model = AutoModelForCausalLM.from_pretrained(resolve(backbone), dtype=getattr(torch, dtype))
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows < len(self.layout):
+            model.resize_token_embeddings(len(self.layout))
+        return model
+
+    # ----------------------------------------------------------------- prediction
+
+    def predict_step(self, batch: list[Request], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
+        """Answer a batch of requests; a request that fails gets ``status: error`` and the rest go on."""
+        responses, jobs = [], []
+        for request in batch:
+            response = {"index": request.index, "request": request.line, "source": request.source,
+                        "target": request.target, "content": request.content, "status": "ok"}
+            responses.append(response)
+            if request.error:
+                response.update(status="error", error=request.error)
+                continue
+            try:
+                jobs.append((request, response, *self._prepare(request, response)))
+            except Exception as err:  # noqa: BLE001 - one bad request must not stop the batch
+                _fail(response, request, err)
+        if jobs:
+            try:
+                outputs = generate(self.backbone, [j[2] for j in jobs], [j[3] for j in jobs],
+                                   [j[4] for j in jobs], [j[0].seed for j in jobs], pad_id=self.tokenizer.pad_id)
+            except Exception as err:  # noqa: BLE001
+                for request, response, *_ in jobs:
+                    _fail(response, request, err)
+                return responses
+            for (request, response, prompt, preset, grammar), generated in zip(jobs, outputs):
+                try:
+                    self._finish(request, response, generated)
+                except Exception as err:  # noqa: BLE001
+                    _fail(response, request, err)
+        return responses
+
+    def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar]:
+        known = ["text", *self.codecs]
+        for side in (request.source, request.target):
+            if side not in known:
+                raise AnyGPTError(f"unknown modality {side!r} (this model knows {', '.join(known)})")
+        if request.seed is None:
+            request.seed = self.seed + request.index
+        rng = random.Random(request.seed)
+        if request.source == "text":
+            direction, modality = "from_text", request.target
+        else:
+            direction, modality = "to_text", request.source
+        instruction = request.instruction or self.instructions.choose(direction, modality, rng)
+        if request.source == "text":
+            prompt = base_prompt_ids(self.tokenizer, instruction, text=request.content)
+        else:
+            codes = self.codecs[modality].encode([request.content])[0]
+            tokens = self.layout.ranges[modality]
+            span = [tokens.bos, *tokens.to_lm(codes).tolist(), tokens.eos]
+            prompt = base_prompt_ids(self.tokenizer, instruction, span_ids=span)
+        preset = self.presets.get(request.target, GenerationPreset())
+        limit = getattr(self.backbone.config, "max_position_embeddings", None)
+        if limit and len(prompt) + preset.max_new_tokens > limit:
+            raise AnyGPTError(
+                f"prompt of {len(prompt)} tokens + {preset.max_new_tokens} new tokens exceeds the model's "
+                f"context of {limit}"
+            )
+        target = self.layout.ranges.get(request.target)
+        space = self.tokenizer.space_id
+        grammar = SpanGrammar(target, self.codecs.get(request.target), stop_ids=self.stop_ids,
+                              lead_in_ids=[space] if space is not None else [], enforce=self.grammar,
+                              min_new_tokens=preset.min_new_tokens)
+        response.update(seed=request.seed, instruction=instruction, prompt_tokens=len(prompt))
+        return prompt, preset, grammar
+
+    def _finish(self, request: Request, response: dict, generated: list[int]) -> None:
+        response["generated_tokens"] = len(generated)
+        if request.target == "text":
+            stops = [i for i, t in enumerate(generated) if t in self.stop_ids]
+            answer = generated[: stops[0]] if stops else generated
+            response["text"] = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
+            response["truncated"] = not stops
+            return
+        codec = self.codecs[request.target]
+        codes, truncated = self.parse_span(request.target, generated)
+        media = codec.decode([codes])[0]
+        response.update(media=media, truncated=truncated, codes=len(codes))
+        if hasattr(codec, "sample_rate"):
+            response["sample_rate"] = codec.sample_rate
+
+    def parse_span(self, modality: str, ids: list[int]) -> tuple[torch.Tensor, bool]:
+        """Codec-local codes of the first ``modality`` span in generated ids, checked by the codec's grammar.
+
+        Returns the codes and whether the span was cut by the token budget (then trimmed to a whole span).
+
+        Raises:
+            AnyGPTError: No start tag, or a foreign token inside the span.
+            ValueError: The codes break the codec's grammar (possible only with the grammar off).
+        """
+        rng, codec = self.layout.ranges[modality], self.codecs[modality]
+        if rng.bos not in ids:
+            raise AnyGPTError(f"no {rng.start_tag} span in the {len(ids)} generated tokens")
+        span = ids[ids.index(rng.bos) + 1:]
+        closed = rng.eos in span
+        span = span[: span.index(rng.eos)] if closed else span
+        codes = rng.from_lm(span)
+        if not closed:
+            keep = max((n for n in range(len(codes), 0, -1) if span_can_end(codec, n)), default=0)
+            if keep == 0:
+                raise AnyGPTError(f"the {rng.start_tag} span was cut at the token budget after {len(codes)} codes")
+            codes = codes[:keep]
+        return codec.check_codes(codes) if hasattr(codec, "check_codes") else codes, not closed
+
+    # ----------------------------------------------------------------- training
+
+    def build_example(self, record: dict, rng: random.Random, max_length: int = 4096,
+                      to_text_prob: float = 0.5) -> tuple[list[int], str]:
+        """One training sequence from an AnyGPT-format record ``{"text": ..., "<modality>": "<so..>...<eo..>"}``.
+
+        Returns the token ids and the task name (``music_to_text`` or ``text_to_music``).
+        """
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise AnyGPTError("record has no text")
+        others = [k for k in record if k != "text"]
+        if len(others) != 1:
+            raise AnyGPTError(f"record needs exactly one modality key beside 'text', got {others}")
+        modality = others[0]
+        if modality not in self.layout.ranges:
+            raise AnyGPTError(f"unknown modality key {modality!r} (known: {', '.join(self.layout.ranges)})")
+        value, tokens = record[modality], self.layout.ranges[modality]
+        if not isinstance(value, str):
+            raise AnyGPTError(f"{modality} must be a token string")
+        span = self.layout.ids_from_string(value)
+        if len(span) < 3 or span[0] != tokens.bos or span[-1] != tokens.eos:
+            raise AnyGPTError(f"{modality} token string must be {tokens.start_tag}<codes>{tokens.end_tag}")
+        codes = tokens.from_lm(span[1:-1])
+        codec = self.codecs[modality]
+        if hasattr(codec, "check_codes"):
+            codec.check_codes(codes)
+        direction = "to_text" if rng.random() < to_text_prob else "from_text"
+        instruction = self.instructions.choose(direction, modality, rng)
+        ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id)
+        task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
+        return ids[:max_length], task
+
+    def _token_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        return losses, labels != -100
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses, valid = self._token_losses(batch)
+        loss = losses.sum() / valid.sum().clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["task"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        from torchmetrics.aggregation import MeanMetric
+
+        losses, valid = self._token_losses(batch)
+        tasks = batch["task"]
+        for name in ["all", *sorted(set(tasks))]:
+            rows = torch.tensor([name in ("all", t) for t in tasks], device=losses.device)
+            count = valid[rows].sum()
+            if count == 0:
+                continue
+            if name not in self.metrics:
+                self.metrics[name] = MeanMetric().to(self.device)
+            self.metrics[name].update(losses[rows][valid[rows]].mean(), weight=count)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.metrics.items():
+            if metric.update_count == 0:
+                continue
+            loss = metric.compute()
+            suffix = "" if name == "all" else f"/{name}"
+            self.log(f"val/loss{suffix}", loss, prog_bar=name == "all")
+            self.log(f"val/ppl{suffix}", torch.exp(loss.clamp(max=50)))
+            metric.reset()
+
+    def configure_optimizers(self):
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    # Codecs are frozen and loaded from their own weights: checkpoints hold the backbone only.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("codec_modules.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.codec_modules.state_dict().items():
+            state.setdefault(f"codec_modules.{key}", value)
+
+
+def _fail(response: dict, request: Request, err: Exception) -> None:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, AnyGPTError):
+        message = f"{type(err).__name__}: {message}"
+    response.update(status="error", error=f"request {request.index}: {message}")
+    for key in ("media", "text"):
+        response.pop(key, None)
+

@@ -1,0 +1,31 @@
+"""hub.resolve: local paths, and one clear line when weights cannot be fetched."""
+
+from __future__ import annotations
+
+import pytest
+
+from anygpt.hub import WeightsNotFoundError, resolve
+
+
+def test_local_file_and_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve(tmp_path) == tmp_path
+    assert resolve(str(tmp_path), "config.json") == tmp_path / "config.json"
+    with pytest.raises(WeightsNotFoundError, match="missing from the local folder"):
+        resolve(tmp_path, "model.safetensors")
+
+
+def test_missing_path_is_one_line(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve(str(tmp_path / "nothing" / "here.pt"))
+    assert "\n" not in str(err.value) and "here.pt" in str(err.value)
+
+
+def test_offline_repo_names_the_file_and_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve("fnlp/AnyGPT-base", "config.json")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "config.json" in message and "fnlp/AnyGPT-base" in message and "local path" in message
