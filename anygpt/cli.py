@@ -60,7 +60,7 @@ def main(args: list[str] | None = None) -> None:
     from anygpt import AnyGPTError
 
     try:
-        _cli_class()(args=argv)
+        _cli_class()(args=args)
     except AnyGPTError as err:
         print(f"anygpt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -54,10 +54,10 @@ def _download_repo(repo_id: str, filename: str | None) -> Path:
         return Path(snapshot_download(repo_id))
     except Exception as err:  # offline, gated, missing: all end in the same advice
         what = f"{filename} of {repo_id}" if filename else f"the files of {repo_id}"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        fetch = f"huggingface-cli download {repo_id}{' ' + filename if filename else ''} --local-dir DIR"
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200] or type(err).__name__
+        fetch = f"hf download {repo_id}{' ' + filename if filename else ''} --local-dir DIR"
         raise WeightsNotFoundError(
-            f"cannot get {what} ({type(err).__name__}: {reason[:160]}); fetch it with `{fetch}` "
+            f"cannot get {what} ({type(err).__name__}: {reason}); fetch it with `{fetch}` "
             f"on a machine with network access and give the local path DIR instead of '{repo_id}'"
         ) from err
 

@@ -73,7 +73,7 @@ def build_presets(overrides: dict[str, dict] | None = None) -> dict[str, Generat
 class SpanGrammar:
     """Which tokens one request may generate next, and when it is finished.
 
-    A text target runs free until a stop token. A media target may open with lead-in tokens (the whitespace
+    A text target may use ``text_ranges`` (the text pieces; None: any token) until a stop token. A media target may open with lead-in tokens (the whitespace
     piece that precedes a tag in the training data), must then open its span, fill it with codes that the
     codec allows at each position, and may close it only where the codec says the span is complete; the end
     tag finishes the request. With ``enforce=False`` nothing is masked and any stop token or the end tag
@@ -86,11 +86,15 @@ class SpanGrammar:
         lead_in_ids: Ids allowed before the start tag of a media span.
         enforce: Apply the grammar (False: only watch for stop tokens).
         min_new_tokens: Stop tokens are blocked before this many tokens.
+        max_lead_in: Lead-in tokens allowed before the start tag.
+        text_ranges: Half-open id ranges a text reply may use besides the stop tokens (None: any token).
     """
 
     def __init__(self, target: TokenRange | None, codec=None, stop_ids: Sequence[int] = (), lead_in_ids: Sequence[int] = (),
-                 enforce: bool = True, min_new_tokens: int = 0, max_lead_in: int = 1):
+                 enforce: bool = True, min_new_tokens: int = 0, max_lead_in: int = 1,
+                 text_ranges: Sequence[tuple[int, int]] | None = None):
         self.target, self.codec, self.enforce = target, codec, enforce
+        self.text_ranges = None if text_ranges is None else [*text_ranges, *((i, i + 1) for i in stop_ids)]
         self.stop_ids = set(stop_ids) | ({target.eos} if target else set())
         self.lead_in_ids = list(lead_in_ids)
         self.min_new_tokens, self.max_lead_in = min_new_tokens, max_lead_in
@@ -105,8 +109,10 @@ class SpanGrammar:
 
     def allowed(self) -> list[tuple[int, int]] | None:
         """Half-open LM-id ranges legal next, or None for any token (stop tokens still obey min_new_tokens)."""
-        if not self.enforce or self.state in ("text", "done"):
+        if not self.enforce or self.state == "done":
             return None
+        if self.state == "text":
+            return self.text_ranges
         rng = self.target
         if self.state == "lead":
             ids = [rng.bos] + (self.lead_in_ids if self.lead_in < self.max_lead_in else [])

@@ -196,7 +196,8 @@ class InstructionPools:
                 raise AnyGPTError('expected {"from_text": {modality: [...]}, "to_text": {...}}')
             return cls(data)
         except (OSError, ValueError, AnyGPTError) as err:
-            raise AnyGPTError(f"bad instruction file {os.fspath(path)}: {str(err).splitlines()[0]}") from None
+            reason = (str(err).splitlines() or [repr(err)])[0]
+            raise AnyGPTError(f"bad instruction file {os.fspath(path)}: {reason}") from None
 
     def pool(self, direction: Direction, modality: str) -> list[str]:
         """The phrasings for a direction and modality; an unknown modality gets generic ones naming it."""

@@ -23,27 +23,27 @@ from anygpt import AnyGPTError
 from anygpt.hub import WeightsNotFoundError, resolve
 
 _CODE_TOKEN = re.compile(r"<([^0-9<>]+?)[0-9]+>")  # <👀12>, <🗣️7>: looked up in a dict, not put in the regex
-_SUBJECTS = ["A red fox", "An old fisherman", "Two children", "A small black cat", "The city skyline",
+_SUBJECTS = ["A grey heron", "An old fisherman", "Two children", "A sleepy tabby cat", "The city skyline",
              "A quiet mountain lake", "A golden retriever", "Three birds", "A street musician", "The night market"]
-_ACTIONS = ["sleeping under a maple tree in autumn", "walking along the beach at sunset", "playing in the snow",
-            "sitting on a wooden chair next to the window", "glowing with lights after the rain",
+_ACTIONS = ["waiting by the river in autumn", "walking along the beach at sunset", "playing in the snow",
+            "sitting on a bench near the old library", "glowing with lights after the rain",
             "reflecting the pine trees at dawn", "running across a green field", "resting on a fence at 7:45",
             "playing a slow jazz tune on the corner", "crowded with people and food stalls"]
 _LINES = [
     "Describe this picture in one sentence.", "What do you see in this image?",
     "Please read the following text out loud.", "Transcribe the speech into text.",
     "Write a short caption for this photo.", "Compose a calm piano melody for a rainy evening.",
-    "A dreamy indie rock song at 120 bpm, with soft vocals and distant guitars.",
-    "Listen to the music and describe the mood it evokes.", "Can you turn this sentence into speech?",
-    "I could be bounded in a nutshell and count myself a king of infinite space.",
-    "The weather today is sunny with a light breeze from the west.", "Meet at 7:45, room 1024, floor 3.",
+    "An upbeat folk song at 96 bpm with a banjo, hand claps and a warm choir.",
+    "Tell me how this song makes you feel and why.", "Can you turn this sentence into speech?",
+    "The old clock in the hall struck twelve while the snow kept falling outside.",
+    "The weather today is sunny with a light breeze from the west.", "Meet at 6:30 by gate 12, floor 3.",
     "Answer : yes.  Reason : the light is on.", "Name : Alice  Age : 31  City : Paris",
     "Question : what is this?  Answer : a bicycle leaning on a wall.",
     "Title : Morning  Genre : ambient  Tempo : 80", "Note :  keep the    spacing    as it is.",
     "  Two leading spaces, then text.", "Trailing spaces stay here.   ", "Columns    are    aligned    with    spaces.",
     "Hello, how are you doing this morning?", "Thank you, that was a wonderful story!",
     "Generate an image of a lighthouse on a rocky coast.", "Say it with a happy and excited voice.",
-    "Please recognize the voice command and give a reply.", "The quick brown fox jumps over the lazy dog.",
+    "Turn on the kitchen lights and play some music.", "The quick brown fox jumps over the lazy dog.",
     "In 2024 the orchestra played 12 concerts in 9 cities.", "Step 1 : open the box.  Step 2 : read the note.",
 ]
 
@@ -83,17 +83,18 @@ class TextTokenizer:
     """
 
     def __init__(self, sp_model: bytes | str | Path, added_tokens: dict[str, int] | None = None):
-        data = sp_model if isinstance(sp_model, bytes) else Path(sp_model).read_bytes()
         self._sp = spm.SentencePieceProcessor()
         try:
+            data = sp_model if isinstance(sp_model, bytes) else Path(sp_model).read_bytes()
             self._sp.load_from_serialized_proto(data)
         except Exception as err:
-            raise AnyGPTError(f"not a SentencePiece model ({type(err).__name__}: {err})") from None
+            where = "" if isinstance(sp_model, bytes) else f" {sp_model}"
+            raise AnyGPTError(f"cannot read the SentencePiece model{where} ({type(err).__name__}: {err})") from None
         self._model = data
         self._specials = {self._sp.id_to_piece(i): i for i in (self.unk_id, self.bos_id, self.eos_id)}
         self._added: dict[str, int] = {}
         self._added_by_id: dict[int, str] = {}
-        self._regex = None
+        self._regex, self._next_id = None, self.sp_size
         for token, i in sorted((added_tokens or {}).items(), key=lambda item: item[1]):
             self._add(token, int(i))
 
@@ -101,7 +102,7 @@ class TextTokenizer:
         if not token or i < self.sp_size or token in self._added or i in self._added_by_id:
             raise AnyGPTError(f"added token {token!r} -> {i} clashes with the vocabulary (a piece or a duplicate)")
         self._added[token], self._added_by_id[i] = i, token
-        self._regex = None
+        self._next_id, self._regex = max(self._next_id, i + 1), None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> TextTokenizer:
@@ -128,7 +129,7 @@ class TextTokenizer:
                     data = {v["content"]: k for k, v in data.get("added_tokens_decoder", {}).items()}
                 for token, i in data.items():
                     if merged.setdefault(str(token), int(i)) != int(i) or by_id.setdefault(int(i), token) != token:
-                        raise AnyGPTError(f"{token!r} -> {i} disagrees with added_tokens.json")
+                        raise AnyGPTError(f"{token!r} -> {i} conflicts with another added-token entry")
             except (ValueError, TypeError, KeyError, AttributeError, AnyGPTError) as err:
                 raise AnyGPTError(f"cannot read the added tokens of {file} ({type(err).__name__}: {err})") from None
         for token, i in sorted(merged.items(), key=lambda item: item[1]):
@@ -180,7 +181,7 @@ class TextTokenizer:
         return None if i == self.unk_id else i
 
     def __len__(self) -> int:
-        return len(set(range(self.sp_size)) | set(self._added_by_id))
+        return self.sp_size + len(self._added)  # added ids are distinct and >= sp_size
 
     def get_vocab(self) -> dict[str, int]:
         """Every piece and added token with its id."""
@@ -202,7 +203,7 @@ class TextTokenizer:
         vocab, added = self.get_vocab(), 0
         for token in tokens:
             if token not in vocab and token not in self._added:
-                self._add(token, len(self))
+                self._add(token, self._next_id)
                 added += 1
         return added
 

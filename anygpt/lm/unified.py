@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 from typing import Any
 
@@ -63,7 +64,7 @@ class UnifiedLM(LightningModule):
             values = value.values() if isinstance(value, dict) else [value]
             if any(v is not None and not isinstance(v, (dict, str, int, float)) for v in values):
                 del self.hparams[key]
-        codecs = dict(codecs or {})
+        codecs = {name: _instantiate(spec) for name, spec in (codecs or {}).items()}
         for name, codec in codecs.items():
             if getattr(codec, "modality", None) != name:
                 raise AnyGPTError(f"codecs.{name}: the codec's modality is {getattr(codec, 'modality', None)!r}")
@@ -182,7 +183,7 @@ class UnifiedLM(LightningModule):
         space = self.tokenizer.space_id
         grammar = SpanGrammar(target, self.codecs.get(request.target), stop_ids=self.stop_ids,
                               lead_in_ids=[space] if space is not None else [], enforce=self.grammar,
-                              min_new_tokens=preset.min_new_tokens)
+                              min_new_tokens=preset.min_new_tokens, text_ranges=[(0, self.layout.base_size)])
         response.update(seed=request.seed, instruction=instruction, prompt_tokens=len(prompt))
         return prompt, preset, grammar
 
@@ -239,8 +240,8 @@ class UnifiedLM(LightningModule):
         if len(others) != 1:
             raise AnyGPTError(f"record needs exactly one modality key beside 'text', got {others}")
         modality = others[0]
-        if modality not in self.layout.ranges:
-            raise AnyGPTError(f"unknown modality key {modality!r} (known: {', '.join(self.layout.ranges)})")
+        if modality not in self.codecs:
+            raise AnyGPTError(f"unknown modality key {modality!r} (known: {', '.join(self.codecs)})")
         value, tokens = record[modality], self.layout.ranges[modality]
         if not isinstance(value, str):
             raise AnyGPTError(f"{modality} must be a token string")
@@ -310,6 +311,19 @@ class UnifiedLM(LightningModule):
         state = checkpoint.setdefault("state_dict", {})
         for key, value in self.codec_modules.state_dict().items():
             state.setdefault(f"codec_modules.{key}", value)
+
+
+def _instantiate(spec: Any) -> Any:
+    """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), else as is.
+
+    Building it here lets the codec's own error (missing weights, say) reach the user unchanged.
+    """
+    if hasattr(spec, "as_dict"):
+        spec = spec.as_dict()
+    if isinstance(spec, dict) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
+    return spec
 
 
 def _fail(response: dict, request: Request, err: Exception) -> None:

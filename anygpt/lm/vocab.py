@@ -16,6 +16,8 @@ from anygpt import AnyGPTError
 
 SPECIALS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
 SFT_TOKENS = ("<-Res->", "<-Ins->")
+ANYGPT_PREFIXES = {"👀": "image", "🗣️": "speech", "🎶": "music"}  # modality of each released token block
+_CODE = re.compile(r"<(\D+?)(\d+)>")
 
 
 @dataclass(frozen=True)
@@ -139,45 +141,58 @@ class VocabLayout:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Mapping[str, int] | object, codecs: Mapping[str, object] | Iterable) -> VocabLayout:
-        """Rebuild the layout held by a released tokenizer and check it.
+        """Rebuild the layout held by a released tokenizer and check it against the codecs.
+
+        The added tokens are read in id order: a run ``<{prefix}0>``, ``<{prefix}1>``, ... followed by two tags
+        is a modality block (named after the codec with that prefix, or after AnyGPT's modality for a block
+        whose codec is not configured); every other token is a plain added token.
 
         Args:
             tokenizer: A ``TextTokenizer``, anything with ``get_vocab()``, or a token-to-id mapping.
-            codecs: Codecs (``ModalityCodec``) whose ranges must be present, each contiguous.
+            codecs: Codecs (``ModalityCodec``) whose blocks must be present with their size and tags.
 
         Raises:
-            AnyGPTError: A special or code token is missing, or a modality's block is not contiguous.
+            AnyGPTError: A role token or codec block is missing, or a block is not contiguous or has the wrong
+                size or tags.
         """
         vocab = tokenizer if isinstance(tokenizer, Mapping) else tokenizer.get_vocab()
         codecs = list(codecs.values()) if isinstance(codecs, Mapping) else list(codecs)
         missing = [t for t in SPECIALS if t not in vocab]
         if missing:
             raise AnyGPTError(f"tokenizer lacks the AnyGPT tokens {missing}: it is not a released AnyGPT tokenizer")
-        layout = cls(base_size=vocab[SPECIALS[0]], specials=())
-        # Register in the order the tokenizer holds the blocks, then check every id.
-        entries = sorted(
-            [(vocab[t], "token", t) for t in SPECIALS]
-            + [(vocab.get(f"<{c.token_prefix}0>", -1), "codec", c) for c in codecs]
-        )
-        for position, kind, item in entries:
-            if kind == "token":
-                layout.add_token(item)
+        base = min(vocab[t] for t in SPECIALS)
+        added = sorted((i, t) for t, i in vocab.items() if i >= base)
+        if [i for i, _ in added] != list(range(base, base + len(added))):
+            raise AnyGPTError(f"tokenizer's added tokens are not contiguous from id {base}")
+        by_prefix = {c.token_prefix: c for c in codecs}
+        layout = cls(base_size=base, specials=())
+        tokens = [t for _, t in added]
+        k = 0
+        while k < len(tokens):
+            match = _CODE.fullmatch(tokens[k])
+            if not (match and match.group(2) == "0"):
+                layout.add_token(tokens[k])
+                k += 1
                 continue
-            codec = item
-            if position < 0:
+            prefix, size = match.group(1), 0
+            while k + size < len(tokens) and tokens[k + size] == f"<{prefix}{size}>":
+                size += 1
+            if k + size + 2 > len(tokens):
+                raise AnyGPTError(f"tokenizer's <{prefix}*> block has no start and end tags after it")
+            codec = by_prefix.get(prefix)
+            name = codec.modality if codec else ANYGPT_PREFIXES.get(prefix, f"unconfigured:{prefix}")
+            layout.register(name, prefix, size, tokens[k + size], tokens[k + size + 1])
+            k += size + 2
+        for codec in codecs:
+            found = layout.ranges.get(codec.modality)
+            expected = (codec.token_prefix, codec.vocab_size, codec.start_tag, codec.end_tag)
+            if found is None:
                 raise AnyGPTError(f"tokenizer has no {codec.modality} tokens (<{codec.token_prefix}0> is missing)")
-            if position != len(layout):
+            if (found.prefix, found.size, found.start_tag, found.end_tag) != expected:
                 raise AnyGPTError(
-                    f"{codec.modality} tokens start at id {position} in the tokenizer, expected {len(layout)}"
-                )
-            layout.register(codec.modality, codec.token_prefix, codec.vocab_size, codec.start_tag, codec.end_tag)
-        for token in SFT_TOKENS:
-            if vocab.get(token) == len(layout):
-                layout.add_token(token)
-        for token, expected in layout._ids.items():
-            if vocab.get(token) != expected:
-                raise AnyGPTError(
-                    f"tokenizer maps {token!r} to {vocab.get(token)}, but a contiguous layout needs {expected}"
+                    f"tokenizer's {codec.modality} block is {found.size} x <{found.prefix}i> with tags "
+                    f"{found.start_tag}/{found.end_tag}; the codec needs {codec.vocab_size} x <{codec.token_prefix}i> "
+                    f"with {codec.start_tag}/{codec.end_tag}"
                 )
         return layout
 

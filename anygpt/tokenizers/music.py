@@ -64,7 +64,8 @@ class EncodecMusicCodec(BaseCodec):
     Args:
         source: Weights: a local folder, a Hugging Face repo id or a URL (``anygpt.hub.resolve``). Ignored when
             ``config`` is given.
-        config: ``transformers.EncodecConfig`` fields for a model with random weights (tests, smoke runs).
+        config: ``transformers.EncodecConfig`` fields, over the 32 kHz model's, of a model with random weights
+            (tests, smoke runs): ``{num_filters: 4, hidden_size: 16, codebook_dim: 16}`` is the tiny variant.
         segment_seconds: Seconds of audio to encode per item (AnyGPT chat: 5, base: 20); None keeps all of it.
         offset_seconds: Where the window starts, in seconds.
         bandwidth: Encodec target bandwidth in kbps, one of the model's ``target_bandwidths``; None takes the
@@ -92,7 +93,7 @@ class EncodecMusicCodec(BaseCodec):
         from transformers import EncodecConfig, EncodecModel
 
         if config is not None:
-            cfg = EncodecConfig(**config)
+            cfg = EncodecConfig(**{**REAL_CONFIG, **config})
             self.bandwidth = _check_config(cfg, bandwidth)  # before building: fail fast
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

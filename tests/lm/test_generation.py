@@ -42,7 +42,7 @@ IMAGE = TokenRange("image", start=40, size=5, bos=45, eos=46)
 
 def allowed_ids(grammar):
     spans = grammar.allowed()
-    return None if spans is None else sorted(i for lo, hi in spans for i in range(lo, hi))
+    return None if spans is None else sorted({i for lo, hi in spans for i in range(lo, hi)})
 
 
 def test_presets_default_to_the_original_configs():
@@ -200,3 +200,10 @@ def test_grammar_constrains_the_model(tiny_llama):
             assert len(body) % 4 == 0
         for position, token in enumerate(body):
             assert 20 + 3 * (position % 4) <= token < 23 + 3 * (position % 4)
+
+
+def test_text_replies_can_be_limited_to_text_pieces():
+    g = SpanGrammar(None, None, stop_ids=[2, 60], text_ranges=[(0, 50)])
+    assert allowed_ids(g) == list(range(50)) + [60]
+    g.step(60)
+    assert g.finished

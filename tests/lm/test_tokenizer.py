@@ -190,6 +190,20 @@ def test_add_tokens_and_round_trip(tmp_path):
     assert config["added_tokens_decoder"]["400"] == {"content": "[Human]", "normalized": True, "special": False}
 
 
+def test_adding_the_full_anygpt_table_is_fast():
+    layout = VocabLayout(400)
+    for spec in (("image", "👀", 8192, "<soim>", "<eoim>"), ("speech", "🗣️", 1024, "<sosp>", "<eosp>"),
+                 ("music", "🎶", 8192, "<somu>", "<eomu>")):
+        layout.register(*spec)
+    tok = TextTokenizer.tiny()
+    start = time.perf_counter()
+    assert tok.add_tokens(layout.token_strings()) == 17418
+    assert time.perf_counter() - start < 1.0 and len(tok) == len(layout) == 17818
+    text = "<sosp><🗣️0><🗣️1023><eosp><🗣1><👀8192>"
+    assert tok.encode(text, bos=False)[:4] == layout.ids_from_string("<sosp><🗣️0><🗣️1023><eosp>")
+    assert tok.decode(tok.encode(text, bos=False)) == "<sosp> <🗣️0> <🗣️1023> <eosp> <🗣1><👀8192>"
+
+
 def test_saved_folder_matches_transformers(tmp_path):
     """Findings 2a: transformers 5.x SentencePieceBackend(special_tokens_pattern="bos") encodes as 4.34.1."""
     backend = pytest.importorskip("transformers").SentencePieceBackend

@@ -237,3 +237,11 @@ def test_register_gives_the_released_music_ids(codec):
     assert (rng.start, rng.stop - 1, rng.bos, rng.eos) == (41224, 49415, 49416, 49417)
     assert len(vocab) == 49418
     assert vocab.token_id("<🎶0>") == 41224 and vocab.token_id("<🎶8191>") == 49415
+
+
+def test_loads_weights_from_a_local_folder(tmp_path, codec):
+    codec.model.save_pretrained(tmp_path / "encodec")
+    loaded = EncodecMusicCodec(source=str(tmp_path / "encodec"), segment_seconds=None)
+    assert not loaded.training and loaded.bandwidth == 2.2
+    item = (_clip(2000, seed=10), SR)
+    assert torch.equal(loaded.encode([item])[0], codec.encode([item])[0])

@@ -1,0 +1,160 @@
+"""UnifiedLM: vocabulary composition, predict with bad requests, released-layout loading, training examples."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+
+from anygpt import AnyGPTError
+from anygpt.data.requests import parse_line
+from anygpt.lm.tokenizer import TextTokenizer
+from anygpt.lm.unified import UnifiedLM
+from anygpt.lm.vocab import SPECIALS, VocabLayout
+from anygpt.tokenizers.music import EncodecMusicCodec
+from tests.toy_codec import ToyCodec
+
+ROOT = Path(__file__).resolve().parents[2]
+TONE = ROOT / "examples" / "tone.wav"
+BACKBONE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=4, max_position_embeddings=1024)
+SMALL = {"text": {"max_new_tokens": 8}, "music": {"max_new_tokens": 24}, "toy": {"max_new_tokens": 8}}
+
+
+@pytest.fixture(scope="module")
+def music_codec():
+    return EncodecMusicCodec.tiny(segment_seconds=0.5)
+
+
+@pytest.fixture(scope="module")
+def model(music_codec):
+    return UnifiedLM(backbone=BACKBONE, tokenizer="tiny", codecs={"music": music_codec, "toy": ToyCodec()},
+                     generation=SMALL).eval()
+
+
+def test_codecs_get_consecutive_ranges_after_the_specials(model):
+    base = len(TextTokenizer.tiny())
+    music, toy = model.layout.ranges["music"], model.layout.ranges["toy"]
+    assert model.layout.token_id(SPECIALS[0]) == base
+    assert (music.start, music.bos, music.eos) == (base + 4, base + 4 + 8192, base + 4 + 8193)
+    assert (toy.start, toy.size, toy.eos) == (music.eos + 1, 16, music.eos + 18)
+    assert len(model.layout) == toy.eos + 1 == len(model.tokenizer)
+    assert model.backbone.get_input_embeddings().weight.shape[0] == len(model.layout)
+    # the tokenizer now splits on the added tokens, one id each
+    assert model.tokenizer.encode("<soty><🧪3><eoty>", bos=False) == [toy.bos, toy.start + 3, toy.eos]
+
+
+def test_predict_keeps_going_past_bad_requests(model, tmp_path):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, torch.zeros(0).numpy(), 16000)
+    toy_file = tmp_path / "toy.txt"
+    toy_file.write_text("1 9 2 10")
+    lines = [
+        "text|music|A calm piano piece",
+        f"music|text|{TONE}",
+        f"music|text|{tmp_path / 'missing.wav'}",
+        "text|video|a film",
+        "text|music|",
+        f"music|text|{empty}",
+        "text|toy|four codes please",
+        f"toy|text|{toy_file}",
+        "text|music",
+    ]
+    batch = [parse_line(line, i) for i, line in enumerate(lines)]
+    for r in batch:
+        r.seed = 1234 + r.index
+    out = model.predict_step(batch)
+    status = [r["status"] for r in out]
+    assert status == ["ok", "ok", "error", "error", "error", "error", "ok", "ok", "error"], out
+    assert all(r["error"].startswith(f"request {r['index']}:") and "\n" not in r["error"] for r in out if r["status"] == "error")
+    assert "missing.wav" in out[2]["error"] and "video" in out[3]["error"] and "empty.wav" in out[5]["error"]
+    music = out[0]
+    assert music["sample_rate"] == 32000 and music["media"].shape[0] == 1
+    assert music["media"].shape[1] == 640 * (music["codes"] // 4) and music["codes"] % 4 == 0
+    assert isinstance(out[1]["text"], str) and isinstance(out[7]["text"], str)
+    assert out[6]["media"].shape == (1, 400)  # toy spans are exactly 4 codes, 100 samples each
+
+
+def test_same_seed_same_output_regardless_of_batch(model):
+    def run(lines, seeds):
+        batch = [parse_line(line, i) for i, line in enumerate(lines)]
+        for r, s in zip(batch, seeds):
+            r.seed = s
+        return model.predict_step(batch)
+
+    alone = run(["text|music|A calm piano piece"], [7])[0]
+    pair = run(["text|music|Something else entirely here", "text|music|A calm piano piece"], [8, 7])[1]
+    assert torch.equal(alone["media"], pair["media"])
+
+
+def test_parse_span_reports_grammar_breaks(model):
+    music = model.layout.ranges["music"]
+    good = [music.bos] + [music.start + 2048 * (i % 4) + 5 for i in range(8)] + [music.eos]
+    codes, truncated = model.parse_span("music", good)
+    assert codes.tolist() == [5 + 2048 * (i % 4) for i in range(8)] and not truncated
+    cut, truncated = model.parse_span("music", good[:7])  # budget ran out mid-frame: whole frames kept
+    assert truncated and len(cut) == 4
+    with pytest.raises(ValueError, match="position 1"):
+        model.parse_span("music", [music.bos, music.start, music.start, music.start, music.start, music.eos])
+    with pytest.raises(AnyGPTError, match="not a music code"):
+        model.parse_span("music", [music.bos, music.start, 5, music.eos])
+    with pytest.raises(AnyGPTError, match="no <somu> span"):
+        model.parse_span("music", [5, 6, 7])
+
+
+def test_released_layout_is_read_from_the_tokenizer(tmp_path, music_codec):
+    """A folder laid out like fnlp/AnyGPT-base (tokenizer with image, speech, music blocks + LlamaForCausalLM)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = TextTokenizer.tiny()
+    layout = VocabLayout(len(tok))
+    layout.register("image", "👀", 8192, "<soim>", "<eoim>")
+    layout.register("speech", "🗣️", 1024, "<sosp>", "<eosp>")
+    layout.register("music", "🎶", 8192, "<somu>", "<eomu>")
+    tok.add_tokens(layout.token_strings())
+    folder = tmp_path / "AnyGPT-base"
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(layout), **BACKBONE)).save_pretrained(folder)
+
+    model = UnifiedLM(backbone=str(folder), codecs={"music": music_codec}, generation=SMALL)
+    assert model.layout.ranges["music"] == layout.ranges["music"]
+    assert len(model.layout) == len(layout) == model.backbone.get_input_embeddings().weight.shape[0]
+    out = model.predict_step([parse_line("text|music|a song", 0)])
+    assert out[0]["status"] == "ok", out
+
+    class WrongMusic(ToyCodec):
+        modality, token_prefix, start_tag, end_tag, vocab_size = "music", "🎶", "<somu>", "<eomu>", 4096
+
+    with pytest.raises(AnyGPTError, match="music block is 8192"):
+        UnifiedLM(backbone=str(folder), codecs={"music": WrongMusic()})
+
+
+def test_training_examples_follow_the_pretraining_template(model):
+    music = model.layout.ranges["music"]
+    codes = "".join(f"<🎶{3 + 2048 * (i % 4)}>" for i in range(8))
+    record = {"text": "A calm song", "music": f"<somu>{codes}<eomu>"}
+    directions = set()
+    for seed in range(12):
+        ids, task = model.build_example(record, random.Random(seed))
+        directions.add(task)
+        assert ids[0] == model.tokenizer.bos_id and ids[-1] == model.tokenizer.eos_id
+        assert ids[-2] == model.reply_end_id and ids.count(music.bos) == 1
+        span_at = ids.index(music.bos)
+        if task == "music_to_text":
+            assert span_at < ids.index(model.layout.token_id("<eoh>"))
+        else:
+            assert span_at > ids.index(model.layout.token_id("[MMGPT]"))
+    assert directions == {"music_to_text", "text_to_music"}
+    for bad, fragment in [
+        ({"text": "", "music": f"<somu>{codes}<eomu>"}, "no text"),
+        ({"text": "x", "video": "<sovi><eovi>"}, "unknown modality key"),
+        ({"text": "x", "music": "<somu><🧪3><eomu>"}, "not a music code"),
+        ({"text": "x", "music": "<somu><🎶3><🎶3><🎶3><🎶3><eomu>"}, "position 1"),
+        ({"text": "x", "music": f"<somu>{codes}"}, "token string must be"),
+    ]:
+        with pytest.raises((AnyGPTError, ValueError), match=fragment):
+            model.build_example(bad, random.Random(0))

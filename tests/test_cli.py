@@ -1,0 +1,92 @@
+"""The CLI: help, every shipped YAML parsed, tiny predict / fit / validate end to end, offline base config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from anygpt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "tests" / "configs").rglob("*.yaml"))
+
+
+def subcommand_for(path: Path) -> str:
+    return "fit" if "fit" in path.parts or path.name.startswith("fit") else "predict"
+
+
+def test_top_level_help_is_instant(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("predict", "fit", "validate", "configs/tiny.yaml"))
+
+
+def test_help_does_not_import_lightning():
+    code = "import sys; from anygpt.cli import main; main(['--help']); assert 'lightning' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_yaml_is_parsed(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([subcommand_for(config), "--config", str(config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "data:" in printed
+
+
+def test_predict_help_lists_model_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = capsys.readouterr().out
+    assert "--model.backbone" in out and "--data" in out
+
+
+def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    silent = tmp_path / "zero.wav"
+    soundfile.write(silent, [], 16000)
+    requests = tmp_path / "requests.txt"
+    requests.write_text("\n".join([
+        "text|music|A calm piano piece",
+        f"music|text|{ROOT / 'examples' / 'tone.wav'}",
+        f"music|text|{tmp_path / 'nope.wav'}",
+        f"music|text|{silent}",
+        "text|speech",
+    ]) + "\n")
+    main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.requests", "[]",
+          "--data.init_args.requests_file", str(requests)])
+    out = tmp_path / "outputs" / "tiny"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
+    assert [line["status"] for line in lines] == ["ok", "ok", "error", "error", "error"]
+    wav, rate = soundfile.read(lines[0]["file"])
+    assert rate == 32000 and len(wav) > 0
+    assert Path(lines[1]["file"]).read_text().strip() == lines[1]["text"].strip()
+    assert "nope.wav" in lines[2]["error"] and "zero.wav" in lines[3]["error"]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_tiny_fit_and_validate(subcommand, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    main([subcommand, "--config", "tests/configs/fit_tiny.yaml"])
+    if subcommand == "validate":
+        out = capsys.readouterr().out
+        assert "val/loss" in out and "val/ppl/music_to_text" in out or "val/ppl/text_to_music" in out
+
+
+def test_base_config_offline_fails_with_one_clear_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([sys.executable, "-m", "anygpt", "predict", "--config", "configs/base.yaml"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("anygpt: error:") and "local path" in last
+    assert "fnlp/AnyGPT-base" in last or "facebook/encodec_32khz" in last
