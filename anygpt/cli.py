@@ -6,7 +6,9 @@ at once.
 
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 
 USAGE = """usage: anygpt [-h] {predict,fit,validate,test} --config CONFIG.yaml [--section.key VALUE ...]
 
@@ -28,6 +30,7 @@ Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 """
 
 
+@functools.cache
 def _cli_class():
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
@@ -51,6 +54,12 @@ def _cli_class():
     return AnyGPTCLI
 
 
+def __getattr__(name: str):
+    if name == "AnyGPTCLI":  # built on first access, so importing this module stays light
+        return _cli_class()
+    raise AttributeError(name)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``anygpt`` console script and of ``python -m anygpt``."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -59,6 +68,8 @@ def main(args: list[str] | None = None) -> None:
         return
     from anygpt import AnyGPTError
 
+    # Codecs are frozen in eval mode on purpose; Lightning would warn about them at every fit.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
         _cli_class()(args=args)
     except AnyGPTError as err:

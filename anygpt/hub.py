@@ -24,7 +24,8 @@ def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
     """Local path of ``source`` (or of ``filename`` inside it).
 
     Args:
-        source: A local file or folder, a Hugging Face repo id (``fnlp/AnyGPT-base``) or an http(s) URL.
+        source: A local file or folder, a Hugging Face repo id (``fnlp/AnyGPT-base``) or an http(s) URL. A repo
+            id is first looked up as a folder ``$ANYGPT_WEIGHTS/<repo id>`` (a local mirror), then on the Hub.
         filename: A file inside ``source`` (a folder or repo); None means the whole folder or repo.
 
     Raises:
@@ -41,6 +42,9 @@ def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
     if text.startswith(("http://", "https://")):
         return _download_url(text)
     if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
+        mirror = os.environ.get("ANYGPT_WEIGHTS")
+        if mirror and (Path(mirror) / text).exists():
+            return resolve(Path(mirror) / text, filename)
         return _download_repo(text, filename)
     raise WeightsNotFoundError(f"no such file or folder: {text}" + (f" (looking for {filename})" if filename else ""))
 
@@ -58,7 +62,8 @@ def _download_repo(repo_id: str, filename: str | None) -> Path:
         fetch = f"hf download {repo_id}{' ' + filename if filename else ''} --local-dir DIR"
         raise WeightsNotFoundError(
             f"cannot get {what} ({type(err).__name__}: {reason}); fetch it with `{fetch}` "
-            f"on a machine with network access and give the local path DIR instead of '{repo_id}'"
+            f"on a machine with network access and give the local path DIR instead of '{repo_id}' "
+            f"(or make DIR $ANYGPT_WEIGHTS/{repo_id})"
         ) from err
 
 

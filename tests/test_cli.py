@@ -78,7 +78,32 @@ def test_tiny_fit_and_validate(subcommand, monkeypatch, capsys):
     main([subcommand, "--config", "tests/configs/fit_tiny.yaml"])
     if subcommand == "validate":
         out = capsys.readouterr().out
-        assert "val/loss" in out and "val/ppl/music_to_text" in out or "val/ppl/text_to_music" in out
+        assert "val/loss" in out and "val/ppl" in out
+        assert "val/loss/music_to_text" in out or "val/loss/text_to_music" in out
+
+
+def test_fit_checkpoint_reloads_and_validates(tmp_path, monkeypatch):
+    """A checkpoint of `anygpt fit` holds the backbone only and rebuilds the whole model from its config."""
+    import torch
+
+    from anygpt.cli import AnyGPTCLI
+    from anygpt.lm.unified import UnifiedLM
+
+    monkeypatch.chdir(ROOT)
+    cli = AnyGPTCLI(args=["fit", "--config", "tests/configs/fit_tiny.yaml", "--trainer.fast_dev_run", "false",
+                          "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                          "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path)])
+    [ckpt] = list(tmp_path.rglob("*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert not [k for k in state["state_dict"] if k.startswith("codec_modules.")]
+    reloaded = UnifiedLM.load_from_checkpoint(ckpt)
+    trained = cli.model.backbone.state_dict()
+    for key, value in reloaded.backbone.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    assert list(reloaded.codecs) == ["music"]
+    main(["validate", "--config", "tests/configs/fit_tiny.yaml", "--ckpt_path", str(ckpt),
+          "--trainer.fast_dev_run", "false", "--trainer.limit_val_batches", "1"])
 
 
 def test_base_config_offline_fails_with_one_clear_line(tmp_path):

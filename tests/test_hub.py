@@ -29,3 +29,14 @@ def test_offline_repo_names_the_file_and_the_fix(monkeypatch, tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert "config.json" in message and "fnlp/AnyGPT-base" in message and "local path" in message
+
+
+def test_repo_ids_are_found_in_a_local_mirror(monkeypatch, tmp_path):
+    folder = tmp_path / "facebook" / "encodec_32khz"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setenv("ANYGPT_WEIGHTS", str(tmp_path))
+    assert resolve("facebook/encodec_32khz") == folder
+    assert resolve("facebook/encodec_32khz", "config.json") == folder / "config.json"
+    with pytest.raises(WeightsNotFoundError, match="missing from the local folder"):
+        resolve("facebook/encodec_32khz", "model.safetensors")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ class UnifiedLM(LightningModule):
         tokenizer: Folder or repo id of the text tokenizer; None uses the backbone's folder; ``tiny`` trains a
             small SentencePiece tokenizer on built-in text (CPU tests and tiny configs).
         codecs: Modality name to codec (any object with the ``ModalityCodec`` interface).
+        prompt_format: Prompt template: ``base`` is AnyGPT-base's ``[Human]: {instruction} {input}<eoh> [MMGPT]:``.
         generation: Per-target overrides of the sampling presets, e.g. ``{music: {top_k: 100}}``.
         instructions: JSON file of instruction pools (``{"from_text": {...}, "to_text": {...}}``); None uses the
             built-in phrasings.
@@ -49,6 +50,7 @@ class UnifiedLM(LightningModule):
         backbone: str | dict = "fnlp/AnyGPT-base",
         tokenizer: str | None = None,
         codecs: dict[str, Any] | None = None,
+        prompt_format: Literal["base"] = "base",
         generation: dict[str, dict] | None = None,
         instructions: str | None = None,
         grammar: bool = True,
@@ -74,7 +76,9 @@ class UnifiedLM(LightningModule):
         self.codec_modules = nn.ModuleDict({k: v for k, v in codecs.items() if isinstance(v, nn.Module)})
         self.presets = build_presets(generation)
         self.instructions = InstructionPools.from_file(instructions) if instructions else InstructionPools()
-        self.grammar, self.seed = grammar, seed
+        if prompt_format != "base":
+            raise AnyGPTError(f"prompt_format {prompt_format!r} is not supported (choose 'base')")
+        self.prompt_format, self.grammar, self.seed = prompt_format, grammar, seed
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
 
         if tokenizer is None and isinstance(backbone, dict):
@@ -109,7 +113,7 @@ class UnifiedLM(LightningModule):
 
         if isinstance(backbone, dict):
             config = LlamaConfig(**{**backbone, "vocab_size": len(self.layout)})
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 model = LlamaForCausalLM(config)
         else:

@@ -48,6 +48,7 @@ def test_codecs_get_consecutive_ranges_after_the_specials(model):
 
 
 def test_predict_keeps_going_past_bad_requests(model, tmp_path):
+    (tmp_path / "notes.wav").write_text("these are not audio samples")
     empty = tmp_path / "empty.wav"
     soundfile.write(empty, torch.zeros(0).numpy(), 16000)
     toy_file = tmp_path / "toy.txt"
@@ -62,15 +63,17 @@ def test_predict_keeps_going_past_bad_requests(model, tmp_path):
         "text|toy|four codes please",
         f"toy|text|{toy_file}",
         "text|music",
+        f"music|text|{tmp_path / 'notes.wav'}",
     ]
     batch = [parse_line(line, i) for i, line in enumerate(lines)]
     for r in batch:
         r.seed = 1234 + r.index
     out = model.predict_step(batch)
     status = [r["status"] for r in out]
-    assert status == ["ok", "ok", "error", "error", "error", "error", "ok", "ok", "error"], out
+    assert status == ["ok", "ok", "error", "error", "error", "error", "ok", "ok", "error", "error"], out
     assert all(r["error"].startswith(f"request {r['index']}:") and "\n" not in r["error"] for r in out if r["status"] == "error")
     assert "missing.wav" in out[2]["error"] and "video" in out[3]["error"] and "empty.wav" in out[5]["error"]
+    assert "notes.wav" in out[9]["error"]
     music = out[0]
     assert music["sample_rate"] == 32000 and music["media"].shape[0] == 1
     assert music["media"].shape[1] == 640 * (music["codes"] // 4) and music["codes"] % 4 == 0
@@ -158,3 +161,19 @@ def test_training_examples_follow_the_pretraining_template(model):
     ]:
         with pytest.raises((AnyGPTError, ValueError), match=fragment):
             model.build_example(bad, random.Random(0))
+
+
+def test_without_the_grammar_decode_reports_broken_spans(music_codec, monkeypatch):
+    import anygpt.lm.unified as unified
+
+    model = UnifiedLM(backbone=BACKBONE, tokenizer="tiny", codecs={"music": music_codec}, generation=SMALL,
+                      grammar=False)
+    music = model.layout.ranges["music"]
+    wrong_layer = [music.bos] + [music.start + 1] * 4 + [music.eos]  # slot 1 should hold a layer-1 code
+    no_span = [model.tokenizer.space_id, model.reply_end_id]
+    good = [music.bos] + [music.start + 2048 * (i % 4) for i in range(4)] + [music.eos]
+    monkeypatch.setattr(unified, "generate", lambda *a, **k: [wrong_layer, no_span, good])
+    out = model.predict_step([parse_line(f"text|music|case {i}", i) for i in range(3)])
+    assert [r["status"] for r in out] == ["error", "error", "ok"]
+    assert "position 1" in out[0]["error"] and "no <somu> span" in out[1]["error"]
+    assert out[2]["media"].shape == (1, 640)
