@@ -55,7 +55,7 @@ def _download_repo(repo_id: str, filename: str | None) -> Path:
 
         if filename:
             return Path(hf_hub_download(repo_id, filename))
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, ignore_patterns=_duplicate_weights(repo_id)))
     except Exception as err:  # offline, gated, missing: all end in the same advice
         what = f"{filename} of {repo_id}" if filename else f"the files of {repo_id}"
         reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200] or type(err).__name__
@@ -65,6 +65,19 @@ def _download_repo(repo_id: str, filename: str | None) -> Path:
             f"on a machine with network access and give the local path DIR instead of '{repo_id}' "
             f"(or make DIR $ANYGPT_WEIGHTS/{repo_id})"
         ) from err
+
+
+def _duplicate_weights(repo_id: str) -> list[str] | None:
+    """Where a repo has safetensors, skip its other weight formats (they hold the same tensors)."""
+    try:
+        from huggingface_hub import list_repo_files
+
+        files = list_repo_files(repo_id)
+    except Exception:  # offline: the cached snapshot (if any) is used as it is
+        return None
+    if any(f.endswith(".safetensors") for f in files):
+        return ["*.bin", "*.h5", "*.msgpack", "*.ckpt", "*.onnx", "*.ot"]
+    return None
 
 
 def _download_url(url: str) -> Path:

@@ -40,3 +40,22 @@ def test_repo_ids_are_found_in_a_local_mirror(monkeypatch, tmp_path):
     assert resolve("facebook/encodec_32khz", "config.json") == folder / "config.json"
     with pytest.raises(WeightsNotFoundError, match="missing from the local folder"):
         resolve("facebook/encodec_32khz", "model.safetensors")
+
+
+def test_folder_download_skips_duplicate_weight_formats(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = {}
+    monkeypatch.setattr(huggingface_hub, "list_repo_files",
+                        lambda repo: ["config.json", "model.safetensors", "pytorch_model.bin"])
+
+    def fake_snapshot(repo_id, ignore_patterns=None):
+        calls["ignore"] = ignore_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert resolve("someone/model") == tmp_path
+    assert "*.bin" in calls["ignore"]
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: ["config.json", "pytorch_model.bin"])
+    resolve("someone/model")
+    assert calls["ignore"] is None

@@ -1,0 +1,42 @@
+"""GPU runs of the tiny pipeline (deselected by default; `pytest -m gpu` on a CUDA machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from anygpt.cli import main
+from anygpt.data.requests import parse_line
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_tiny_predict_on_gpu(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.accelerator", "gpu",
+          "--data.init_args.requests", json.dumps(["text|music|A calm piano piece",
+                                                   f"music|text|{ROOT / 'examples' / 'tone.wav'}",
+                                                   "text|music|"])])
+    lines = [json.loads(l) for l in (tmp_path / "outputs" / "tiny" / "predictions.jsonl").read_text().splitlines()]
+    assert [l["status"] for l in lines] == ["ok", "ok", "error"]
+
+
+def test_greedy_cpu_and_gpu_agree_on_a_tiny_model():
+    from anygpt.lm.unified import UnifiedLM
+    from anygpt.tokenizers.music import EncodecMusicCodec
+
+    backbone = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, max_position_embeddings=1024)
+    greedy = {"music": {"do_sample": False, "max_new_tokens": 12}}
+    model = UnifiedLM(backbone=backbone, tokenizer="tiny", codecs={"music": EncodecMusicCodec.tiny()},
+                      generation=greedy).eval()
+    request = [parse_line("text|music|A calm piano piece", 0)]
+    cpu = model.predict_step(request)[0]
+    gpu = model.cuda().predict_step(request)[0]
+    assert cpu["status"] == gpu["status"] == "ok"
+    assert cpu["codes"] == gpu["codes"]
+    torch.testing.assert_close(cpu["media"], gpu["media"].cpu(), atol=1e-3, rtol=1e-3)
