@@ -63,6 +63,12 @@ class MediaWriter(BasePredictionWriter):
                 line = self.write_response(response)
                 manifest.write(json.dumps(line, ensure_ascii=False) + "\n")
 
+    def on_predict_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"anygpt: {self.counts.get('ok', 0)} ok, {self.counts.get('error', 0)} failed; "
+                       f"manifest: {self.manifest_path}")
+
     def write_response(self, response: dict[str, Any]) -> dict[str, Any]:
         """Write one response's files; returns its manifest record."""
         record = {k: v for k, v in response.items() if k not in ("media",)}

@@ -101,11 +101,12 @@ def _check(request: Request) -> Request:
 
 
 def read_requests(requests: list[str | dict] = (), requests_file: str | None = None) -> list[Request]:
-    """Requests from a list (lines or dicts) and/or a file (``.jsonl``: JSON per line; else one line each).
+    """Requests from a file (``.jsonl``: JSON per line; else one line each), or else from a list.
 
-    Blank lines and lines starting with ``#`` are skipped in text files.
+    A file replaces the list, so ``--data.requests_file`` overrides a config's example requests. Blank lines and
+    lines starting with ``#`` are skipped in text files.
     """
-    items = [(item, isinstance(item, dict)) for item in requests]
+    items = [] if requests_file else [(item, isinstance(item, dict)) for item in requests]
     if requests_file:
         path = Path(requests_file)
         if not path.is_file():
@@ -122,7 +123,8 @@ class RequestDataModule(LightningDataModule):
 
     Args:
         requests: Request lines (``text|music|a calm piano piece``) or dicts with named fields.
-        requests_file: A text file of request lines, or a ``.jsonl`` file of request records.
+        requests_file: A text file of request lines, or a ``.jsonl`` file of request records; when given, it
+            replaces ``requests``.
         batch_size: Requests generated together.
         seed: Base seed: a request without its own seed uses ``seed + index``.
     """

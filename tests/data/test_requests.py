@@ -38,10 +38,10 @@ def test_jsonl_records_and_errors(tmp_path):
         json.dumps({"source": "text", "target": "music", "content": "x", "colour": 1}),
         json.dumps({"source": "text", "target": "music", "content": "x", "seed": "five"}),
     ]) + "\n")
-    items = read_requests(["music|text|a.wav"], str(path))
-    assert [r.index for r in items] == [0, 1, 2, 3, 4]
-    assert items[0].error is None and items[1].content == "a | piped caption" and items[1].seed == 5
-    assert "bad JSON" in items[2].error and "unknown fields" in items[3].error and "seed" in items[4].error
+    items = read_requests(["music|text|a.wav"], str(path))  # the file replaces the list
+    assert [r.index for r in items] == [0, 1, 2, 3]
+    assert items[0].content == "a | piped caption" and items[0].seed == 5
+    assert "bad JSON" in items[1].error and "unknown fields" in items[2].error and "seed" in items[3].error
     assert parse_record({"source": "text", "target": "music", "content": "ok"}, 0).error is None
 
 
