@@ -194,10 +194,7 @@ class UnifiedLM(LightningModule):
     def _finish(self, request: Request, response: dict, generated: list[int]) -> None:
         response["generated_tokens"] = len(generated)
         if request.target == "text":
-            stops = [i for i, t in enumerate(generated) if t in self.stop_ids]
-            answer = generated[: stops[0]] if stops else generated
-            response["text"] = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
-            response["truncated"] = not stops
+            response["text"], response["truncated"] = self.parse_text(generated)
             return
         codec = self.codecs[request.target]
         codes, truncated = self.parse_span(request.target, generated)
@@ -205,6 +202,15 @@ class UnifiedLM(LightningModule):
         response.update(media=media, truncated=truncated, codes=len(codes))
         if hasattr(codec, "sample_rate"):
             response["sample_rate"] = codec.sample_rate
+
+    def parse_text(self, ids: list[int]) -> tuple[str, bool]:
+        """The text reply in generated ids: everything before the first ``<eos>`` or ``</s>``, decoded and stripped.
+
+        Returns the text and whether no stop token came (the reply was cut by the token budget).
+        """
+        stop = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
+        answer = ids if stop is None else ids[:stop]
+        return self.tokenizer.decode(answer, skip_special_tokens=True).strip(), stop is None
 
     def parse_span(self, modality: str, ids: list[int]) -> tuple[torch.Tensor, bool]:
         """Codec-local codes of the first ``modality`` span in generated ids, checked by the codec's grammar.
