@@ -37,7 +37,10 @@ def read_jsonl_examples(files: list[str], build, seed: int) -> tuple[list[tuple[
                     continue
                 rng = random.Random(f"{seed}:{path.name}:{number}")
                 try:
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                    except ValueError as err:
+                        raise AnyGPTError(f"bad JSON ({err.msg} at column {err.colno})") from None
                     if not isinstance(record, dict):
                         raise AnyGPTError("not a JSON object")
                     examples.append(build(record, rng))

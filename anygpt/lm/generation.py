@@ -217,7 +217,8 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
         input_ids[i, width - len(p):] = torch.as_tensor(p)
         mask[i, width - len(p):] = 1
     # Padding positions repeat the row's first token, so the repetition penalty ignores them.
-    history = torch.where(mask.bool(), input_ids, input_ids[torch.arange(batch), width - torch.tensor([len(p) for p in prompts])][:, None])
+    first = input_ids[torch.arange(batch), width - torch.tensor([len(p) for p in prompts])]
+    history = torch.where(mask.bool(), input_ids, first[:, None])
     input_ids, mask, history = input_ids.to(device), mask.to(device), history.to(device)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     budgets = [p.max_new_tokens for p in presets]

@@ -218,7 +218,9 @@ class VocabLayout:
             ids.append(self._ids[token])
             pos = match.end()
         if pos != len(s):
-            raise AnyGPTError(f"unexpected text {s[pos:pos + 20]!r} at character {pos} of a token string")
+            token = re.match(r"<[^<>]*>|\[[^\[\]]*\]", s[pos:])
+            what = f"unknown token {token.group()!r}" if token else f"unexpected text {s[pos:pos + 20]!r}"
+            raise AnyGPTError(f"{what} at character {pos} of a token string")
         return ids
 
     def string_from_ids(self, ids: Iterable[int]) -> str:

@@ -226,3 +226,21 @@ def test_errors():
         TextTokenizer(_train_tiny(400), {"<x>": 5})  # inside the SentencePiece range
     with pytest.raises(AnyGPTError):
         TextTokenizer.from_pretrained("/nonexistent/tokenizer/folder")
+
+
+def test_random_strings_encode_as_the_reference_backend():
+    """Seeded random mixes of added tokens, near-misses, spaces and newlines vs. transformers' SentencePieceBackend
+    (Findings 2a: it encodes exactly as 4.34.1) on the fixture tokenizer."""
+    import random
+
+    backend = pytest.importorskip("transformers").SentencePieceBackend
+    folder = fixture_path("prompts", "public", "tokenizer")
+    ours, ref = TextTokenizer.from_pretrained(folder), backend.from_pretrained(str(folder), special_tokens_pattern="bos")
+    atoms = ["[Human]", "[MMGPT]", "<eoh>", "<eos>", "<soim>", "<eoim>", "<👀12>", "<🗣️5>", "<🗣5>", "<🎶8191>",
+             "<🎶8192>", "<s>", "</s>", "<unk>", " ", "  ", "\n", "\t", ":", "Hello", " world", "7:45", "日本語", "😀",
+             "<", ">", "<<eoh>>", "café", "x", "[Human", "eoh>", "<sosp>", "<-Res->", "!?"]
+    rng = random.Random(0)
+    for _ in range(400):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 8)))
+        bos = rng.random() < 0.5
+        assert ours.encode(text, bos=bos) == ref(text, add_special_tokens=bos).input_ids, repr(text)
