@@ -123,13 +123,18 @@ class SpanGrammar:
         if not full:
             low, high = self.codec.allowed(self.span_codes)
             spans.append((rng.start + low, rng.start + high))
-        if span_can_end(self.codec, self.span_codes) and self.generated >= self.min_new_tokens - 1:
-            spans.append((rng.eos, rng.eos + 1))
+        if span_can_end(self.codec, self.span_codes) and (full or self.generated >= self.min_new_tokens):
+            spans.append((rng.eos, rng.eos + 1))  # a full span must close, min_new_tokens or not
         return spans
 
     def blocked_stops(self) -> list[int]:
-        """Stop ids that may not be generated yet (min_new_tokens)."""
-        return sorted(self.stop_ids) if self.generated < self.min_new_tokens else []
+        """Stop ids masked on top of ``allowed()`` because min_new_tokens are not out yet.
+
+        Only where ``allowed()`` leaves stops open (free text, or the grammar off); inside an enforced span
+        ``allowed()`` applies min_new_tokens itself.
+        """
+        free = not self.enforce or self.state == "text"
+        return sorted(self.stop_ids) if free and self.generated < self.min_new_tokens else []
 
     def step(self, token: int) -> None:
         """Advance the state with a generated token."""

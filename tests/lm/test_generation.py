@@ -11,6 +11,7 @@ from anygpt.lm.generation import (
     GenerationPreset,
     SpanGrammar,
     _filter_logits,
+    _grammar_mask,
     build_presets,
     generate,
 )
@@ -207,3 +208,22 @@ def test_text_replies_can_be_limited_to_text_pieces():
     assert allowed_ids(g) == list(range(50)) + [60]
     g.step(60)
     assert g.finished
+
+
+def test_min_new_tokens_never_leaves_a_row_without_a_legal_token():
+    # a span may end only once min_new_tokens are out (bos counts), unless the span is full and must close
+    g = SpanGrammar(MUSIC, FourSlotCodec(), stop_ids=[2], min_new_tokens=7)
+    g.step(32)
+    for _ in range(4):
+        g.step(allowed_ids(g)[0])
+    assert 33 not in allowed_ids(g) and g.blocked_stops() == []  # 5 tokens out: too early to close
+    for _ in range(4):
+        g.step(allowed_ids(g)[0])
+    assert 33 in allowed_ids(g)
+    fixed = SpanGrammar(IMAGE, FixedCodec(), stop_ids=[2], min_new_tokens=50)
+    fixed.step(45)
+    for _ in range(3):
+        fixed.step(40)
+    assert allowed_ids(fixed) == [46] and fixed.blocked_stops() == []
+    mask = _grammar_mask([fixed], 64, "cpu")
+    assert mask[0].any()
