@@ -18,7 +18,7 @@ from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, g
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.lm.vocab import SPECIALS, VocabLayout
-from anygpt.tokenizers.base import span_can_end
+from anygpt.tokenizers.base import check_span, span_can_end
 
 
 class UnifiedLM(LightningModule):
@@ -233,7 +233,7 @@ class UnifiedLM(LightningModule):
             if keep == 0:
                 raise AnyGPTError(f"the {rng.start_tag} span was cut at the token budget after {len(codes)} codes")
             codes = codes[:keep]
-        return codec.check_codes(codes) if hasattr(codec, "check_codes") else codes, not closed
+        return check_span(codec, codes), not closed
 
     # ----------------------------------------------------------------- training
 
@@ -258,10 +258,7 @@ class UnifiedLM(LightningModule):
         span = self.layout.ids_from_string(value)
         if len(span) < 3 or span[0] != tokens.bos or span[-1] != tokens.eos:
             raise AnyGPTError(f"{modality} token string must be {tokens.start_tag}<codes>{tokens.end_tag}")
-        codes = tokens.from_lm(span[1:-1])
-        codec = self.codecs[modality]
-        if hasattr(codec, "check_codes"):
-            codec.check_codes(codes)
+        check_span(self.codecs[modality], tokens.from_lm(span[1:-1]))
         direction = "to_text" if rng.random() < to_text_prob else "from_text"
         instruction = self.instructions.choose(direction, modality, rng)
         ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id)

@@ -86,16 +86,7 @@ class BaseCodec(LightningModule):
 
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Check a span against the grammar; returns it as a 1-D LongTensor or raises ``ValueError``."""
-        codes = torch.as_tensor(codes, dtype=torch.long).flatten()
-        if not self.can_end(codes.numel()):
-            raise ValueError(f"a {self.modality} span of {codes.numel()} codes is incomplete")
-        for position, code in enumerate(codes.tolist()):
-            low, high = self.allowed(position)
-            if not low <= code < high:
-                raise ValueError(
-                    f"{self.modality} code {code} at position {position} is outside its allowed range [{low}, {high})"
-                )
-        return codes
+        return _check_grammar(self, codes)
 
 
 def span_can_end(codec: ModalityCodec, length: int) -> bool:
@@ -103,3 +94,23 @@ def span_can_end(codec: ModalityCodec, length: int) -> bool:
     if hasattr(codec, "can_end"):
         return bool(codec.can_end(length))
     return length == codec.span_length if codec.span_length is not None else length > 0
+
+
+def check_span(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
+    """``codec.check_codes(codes)`` where the codec defines it, else the check implied by ``allowed``."""
+    if hasattr(codec, "check_codes"):
+        return codec.check_codes(codes)
+    return _check_grammar(codec, codes)
+
+
+def _check_grammar(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
+    codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+    if not span_can_end(codec, codes.numel()):
+        raise ValueError(f"a {codec.modality} span of {codes.numel()} codes is incomplete")
+    for position, code in enumerate(codes.tolist()):
+        low, high = codec.allowed(position)
+        if not low <= code < high:
+            raise ValueError(
+                f"{codec.modality} code {code} at position {position} is outside its allowed range [{low}, {high})"
+            )
+    return codes

@@ -177,3 +177,14 @@ def test_without_the_grammar_decode_reports_broken_spans(music_codec, monkeypatc
     assert [r["status"] for r in out] == ["error", "error", "ok"]
     assert "position 1" in out[0]["error"] and "no <somu> span" in out[1]["error"]
     assert out[2]["media"].shape == (1, 640)
+
+
+def test_plugin_spans_are_checked_by_their_allowed_ranges(model):
+    """A codec without check_codes still gets its grammar checked from allowed() and span_length."""
+    toy = model.layout.ranges["toy"]
+    codes, _ = model.parse_span("toy", [toy.bos, toy.start + 1, toy.start + 9, toy.start + 2, toy.start + 10, toy.eos])
+    assert codes.tolist() == [1, 9, 2, 10]
+    with pytest.raises(ValueError, match="position 1"):
+        model.parse_span("toy", [toy.bos, toy.start + 1, toy.start + 2, toy.start + 3, toy.start + 9, toy.eos])
+    with pytest.raises(ValueError, match="incomplete"):
+        model.parse_span("toy", [toy.bos, toy.start + 1, toy.start + 9, toy.eos])
