@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
@@ -37,9 +37,6 @@ class Request:
     seed: int | None = None
     instruction: str | None = None
     error: str | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "error"}
 
 
 def parse_line(line: str, index: int) -> Request:

@@ -15,7 +15,6 @@ import torch
 from anygpt import AnyGPTError
 
 SPECIALS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
-SFT_TOKENS = ("<-Res->", "<-Ins->")
 ANYGPT_PREFIXES = {"👀": "image", "🗣️": "speech", "🎶": "music"}  # modality of each released token block
 _CODE = re.compile(r"<(\D+?)(\d+)>")
 
