@@ -33,9 +33,17 @@ Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 @functools.cache
 def _cli_class():
     from lightning.pytorch import LightningDataModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from anygpt.lm.unified import UnifiedLM
+
+    class RunConfigCallback(SaveConfigCallback):
+        """Saves the run's config into the logger's versioned run folder; without a logger there is no such
+        folder (Lightning would write ``config.yaml`` into the working directory), so nothing is written."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if trainer.logger is not None:
+                super().setup(trainer, pl_module, stage)
 
     class AnyGPTCLI(LightningCLI):
         """LightningCLI over ``UnifiedLM`` and any LightningDataModule (requests or training data)."""
@@ -46,6 +54,7 @@ def _cli_class():
                 LightningDataModule,
                 subclass_mode_data=True,
                 auto_configure_optimizers=False,
+                save_config_callback=RunConfigCallback,
                 save_config_kwargs={"overwrite": True},
                 args=args,
                 **kwargs,

@@ -63,6 +63,7 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
     main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.requests", "[]",
           "--data.init_args.requests_file", str(requests)])
     out = tmp_path / "outputs" / "tiny"
+    assert not (tmp_path / "config.yaml").exists()  # nothing is written outside the output folder
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
     assert [line["status"] for line in lines] == ["ok", "ok", "error", "error", "error"]
