@@ -49,6 +49,31 @@ def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
     raise WeightsNotFoundError(f"no such file or folder: {text}" + (f" (looking for {filename})" if filename else ""))
 
 
+def resolve_file(ref: str | os.PathLike) -> Path:
+    """Local path of one weight file named by ``ref``.
+
+    Args:
+        ref: A local file, an http(s) URL, or ``<owner>/<repo>/<path in repo>`` for a file in a Hugging Face repo
+            (``fnlp/AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt``), looked up in the
+            ``$ANYGPT_WEIGHTS`` mirror first, as ``resolve`` does.
+
+    Raises:
+        WeightsNotFoundError: As ``resolve``; also for a folder given where a file is needed.
+    """
+    text = os.fspath(ref)
+    local = Path(text).expanduser()
+    if local.exists() or text.startswith(("http://", "https://", ".", "/", "~")):
+        path = resolve(text)
+    else:
+        parts = text.split("/")
+        if len(parts) < 3 or not _REPO_ID.match("/".join(parts[:2])):
+            raise WeightsNotFoundError(f"no such file: {text} (give a local path, a URL or <owner>/<repo>/<file>)")
+        path = resolve("/".join(parts[:2]), "/".join(parts[2:]))
+    if path.is_dir():
+        raise WeightsNotFoundError(f"expected a weight file, got a folder: {path}")
+    return path
+
+
 def _download_repo(repo_id: str, filename: str | None) -> Path:
     try:
         from huggingface_hub import hf_hub_download, snapshot_download

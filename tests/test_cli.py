@@ -52,6 +52,7 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     silent = tmp_path / "zero.wav"
     soundfile.write(silent, [], 16000)
+    voice = ROOT / "examples" / "voice.wav"
     requests = tmp_path / "requests.txt"
     requests.write_text("\n".join([
         "text|music|A calm piano piece",
@@ -59,18 +60,30 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
         f"music|text|{tmp_path / 'nope.wav'}",
         f"music|text|{silent}",
         "text|speech",
+        "text|speech|Hello there, how are you?",
+        f"text|speech|Hello there, how are you?|{voice}",
+        f"speech|text|{voice}",
+        f"text|speech|Hello again|{tmp_path / 'no_voice.wav'}",
+        f"speech|text|{silent}",
     ]) + "\n")
     main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.requests", "[]",
           "--data.init_args.requests_file", str(requests)])
     out = tmp_path / "outputs" / "tiny"
     assert not (tmp_path / "config.yaml").exists()  # nothing is written outside the output folder
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
-    assert [line["status"] for line in lines] == ["ok", "ok", "error", "error", "error"]
+    assert [line["index"] for line in lines] == list(range(10))
+    assert [line["status"] for line in lines] == ["ok", "ok", "error", "error", "error",
+                                                  "ok", "ok", "ok", "error", "error"]
     wav, rate = soundfile.read(lines[0]["file"])
     assert rate == 32000 and len(wav) > 0
     assert Path(lines[1]["file"]).read_text().strip() == lines[1]["text"].strip()
     assert "nope.wav" in lines[2]["error"] and "zero.wav" in lines[3]["error"]
+    for line in lines[5:7]:  # text to speech, random voice and zero-shot: 16 kHz, 320 samples per code
+        wav, rate = soundfile.read(line["file"])
+        assert rate == 16000 and len(wav) == 320 * line["codes"] > 0
+    assert Path(lines[7]["file"]).read_text().strip() == lines[7]["text"].strip()
+    assert lines[8]["error"].startswith("request 8: voice prompt:") and "no_voice.wav" in lines[8]["error"]
+    assert "zero.wav" in lines[9]["error"]
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
@@ -115,4 +128,4 @@ def test_base_config_offline_fails_with_one_clear_line(tmp_path):
     assert "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("anygpt: error:") and "local path" in last
-    assert "fnlp/AnyGPT-base" in last or "facebook/encodec_32khz" in last
+    assert any(repo in last for repo in ("fnlp/AnyGPT-base", "fnlp/AnyGPT-speech-modules", "facebook/encodec_32khz"))

@@ -20,9 +20,12 @@ def test_tiny_predict_on_gpu(tmp_path, monkeypatch):
     main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.accelerator", "gpu",
           "--data.init_args.requests", json.dumps(["text|music|A calm piano piece",
                                                    f"music|text|{ROOT / 'examples' / 'tone.wav'}",
-                                                   "text|music|"])])
+                                                   "text|music|",
+                                                   "text|speech|Hello there",
+                                                   f"text|speech|Hello there|{ROOT / 'examples' / 'voice.wav'}",
+                                                   f"speech|text|{ROOT / 'examples' / 'voice.wav'}"])])
     lines = [json.loads(l) for l in (tmp_path / "outputs" / "tiny" / "predictions.jsonl").read_text().splitlines()]
-    assert [l["status"] for l in lines] == ["ok", "ok", "error"]
+    assert [l["status"] for l in lines] == ["ok", "ok", "error", "ok", "ok", "ok"]
 
 
 def test_greedy_cpu_and_gpu_agree_on_a_tiny_model():
@@ -40,3 +43,27 @@ def test_greedy_cpu_and_gpu_agree_on_a_tiny_model():
     assert cpu["status"] == gpu["status"] == "ok"
     assert cpu["codes"] == gpu["codes"]
     torch.testing.assert_close(cpu["media"], gpu["media"].cpu(), atol=1e-3, rtol=1e-3)
+
+
+def test_soundstorm_fixture_on_gpu_float32():
+    """The golden greedy outputs (steps=1 needs no RNG agreement) hold on CUDA in float32 too."""
+    from anygpt.decoders.soundstorm import SoundStormDecoder
+    from tests.conftest import fixture_path
+
+    folder = fixture_path("soundstorm", "public")
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k != "other"}
+    model = SoundStormDecoder(**config)
+    model.load_state_dict(torch.load(folder / "state_dict.pt", weights_only=True), strict=True)
+    model = model.cuda().eval()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cases = torch.load(folder / "cases.pt", weights_only=True)
+    logits = cases["forward_logits"]
+    got = model.logits(logits["inputs"]["semantic_tokens"].cuda(), logits["inputs"]["acoustic_tokens"].cuda())
+    expected = logits["expected"]["logits"].view(got.shape)
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    for name in ("generate_unprompted", "generate_prompted"):
+        case = cases[name]
+        prompt = case["inputs"].get("prompt_tokens")
+        out = model.generate(case["inputs"]["semantic_tokens"].cuda(),
+                             prompt_tokens=None if prompt is None else prompt.cuda(), steps=1)
+        assert torch.equal(out.cpu(), case["expected"]["steps_1"]), name

@@ -30,6 +30,8 @@ class GenerationPreset:
         repetition_penalty: Penalty on every token already in the sequence (1.0 is off).
         max_new_tokens: Budget of generated tokens.
         min_new_tokens: Stop tokens are blocked before this many tokens.
+        decoder_steps: Passes of the target codec's second-stage decoder where it has one (SoundStorm's MaskGIT
+            steps on RVQ layer 2; AnyGPT ran 3).
     """
 
     do_sample: bool = True
@@ -39,16 +41,20 @@ class GenerationPreset:
     repetition_penalty: float = 1.0
     max_new_tokens: int = 100
     min_new_tokens: int = 0
+    decoder_steps: int = 3
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
             raise AnyGPTError(f"invalid generation preset {asdict(self)}")
         if self.max_new_tokens < 1:
             raise AnyGPTError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.decoder_steps < 1:
+            raise AnyGPTError(f"decoder_steps must be at least 1, got {self.decoder_steps}")
 
 
 # The original's config/*_generate_config.json (pipeline §4). top_k 50 is transformers' default, which applied
-# where the file sets none; min_new_tokens 10 was a no-op there (no eos id was set), so it is 0 here.
+# where the file sets none; min_new_tokens 10 was a no-op there (no eos id was set), so it is 0 here. SoundStorm's
+# steps: the CLIs read vc_steps 3 from generate_config.json (speech_generate_config.json's 4 was never read).
 DEFAULT_PRESETS: dict[str, GenerationPreset] = {
     "text": GenerationPreset(max_new_tokens=100),
     "image": GenerationPreset(max_new_tokens=200),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import random
 from typing import Any, Literal
 
@@ -60,12 +61,11 @@ class UnifiedLM(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        for key in ("codecs", "optimizer", "lr_scheduler"):  # keep configs, never module instances
-            value = self.hparams.get(key)
-            values = value.values() if isinstance(value, dict) else [value]
-            if any(v is not None and not isinstance(v, (dict, str, int, float)) for v in values):
-                del self.hparams[key]
+        # Keep configs, never module instances (they may be large, and some cannot be copied). Under the CLI,
+        # Lightning saves the parsed config (codec specs), not the instances that reach this call.
+        given = _cli_hparams() or {"codecs": codecs, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
+        ignore = [key for key in ("codecs", "optimizer", "lr_scheduler") if _holds_instances(given.get(key))]
+        self.save_hyperparameters(ignore=ignore)
         codecs = {name: _instantiate(spec) for name, spec in (codecs or {}).items()}
         for name, codec in codecs.items():
             if getattr(codec, "modality", None) != name:
@@ -149,14 +149,14 @@ class UnifiedLM(LightningModule):
                 for request, response, *_ in jobs:
                     _fail(response, request, err)
                 return responses
-            for (request, response, prompt, preset, grammar), generated in zip(jobs, outputs):
+            for (request, response, prompt, preset, grammar, options), generated in zip(jobs, outputs):
                 try:
-                    self._finish(request, response, generated)
+                    self._finish(request, response, generated, options)
                 except Exception as err:  # noqa: BLE001
                     _fail(response, request, err)
         return responses
 
-    def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar]:
+    def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar, dict]:
         known = ["text", *self.codecs]
         for side in (request.source, request.target):
             if side not in known:
@@ -188,17 +188,42 @@ class UnifiedLM(LightningModule):
         grammar = SpanGrammar(target, self.codecs.get(request.target), stop_ids=self.stop_ids,
                               lead_in_ids=[space] if space is not None else [], enforce=self.grammar,
                               min_new_tokens=preset.min_new_tokens, text_ranges=[(0, self.layout.base_size)])
+        options = self._decode_options(request, preset)
         response.update(seed=request.seed, instruction=instruction, prompt_tokens=len(prompt))
-        return prompt, preset, grammar
+        return prompt, preset, grammar, options
 
-    def _finish(self, request: Request, response: dict, generated: list[int]) -> None:
+    def _decode_options(self, request: Request, preset: GenerationPreset) -> dict:
+        """Keyword arguments of the target codec's ``decode`` for this request (those its signature takes).
+
+        A voice prompt is read and encoded here, before generation, so a bad one fails the request early.
+        """
+        codec = self.codecs.get(request.target)
+        if codec is None:
+            return {}
+        accepted = inspect.signature(codec.decode).parameters
+        options: dict[str, Any] = {}
+        if "seeds" in accepted:
+            options["seeds"] = [request.seed]
+        if "steps" in accepted:
+            options["steps"] = preset.decoder_steps
+        if request.voice_prompt:
+            if "prompts" not in accepted:
+                raise AnyGPTError(f"the {request.target} codec takes no voice prompt")
+            encode = getattr(codec, "encode_prompt", None)
+            try:
+                options["prompts"] = [encode(request.voice_prompt) if encode else request.voice_prompt]
+            except AnyGPTError as err:
+                raise AnyGPTError(f"voice prompt: {err}") from err
+        return options
+
+    def _finish(self, request: Request, response: dict, generated: list[int], options: dict) -> None:
         response["generated_tokens"] = len(generated)
         if request.target == "text":
             response["text"], response["truncated"] = self.parse_text(generated)
             return
         codec = self.codecs[request.target]
         codes, truncated = self.parse_span(request.target, generated)
-        media = codec.decode([codes])[0]
+        media = codec.decode([codes], **options)[0]
         response.update(media=media, truncated=truncated, codes=len(codes))
         if hasattr(codec, "sample_rate"):
             response["sample_rate"] = codec.sample_rate
@@ -331,6 +356,21 @@ def _instantiate(spec: Any) -> Any:
         module, _, name = spec["class_path"].rpartition(".")
         return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
     return spec
+
+
+def _cli_hparams() -> dict | None:
+    """The config that LightningCLI hands to ``save_hyperparameters`` while it builds the model, else None."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without it: fall back to the arguments themselves
+        return None
+    return _given_hyperparameters.get()
+
+
+def _holds_instances(value: Any) -> bool:
+    values = value.values() if isinstance(value, dict) else [value]
+    return any(v is not None and not isinstance(v, (dict, str, int, float)) and not hasattr(v, "as_dict")
+               for v in values)
 
 
 def _fail(response: dict, request: Request, err: Exception) -> None:

@@ -136,3 +136,23 @@ def as_waveform(
     if wav.shape[1] == 0:
         raise AnyGPTError(f"audio window at {offset_seconds:g} s holds no samples")
     return wav.to(torch.float32).contiguous(), rate
+
+
+def fit_random_codebooks(codebooks: list[torch.Tensor], residual: torch.Tensor) -> None:
+    """Give random-weight residual quantizers usable codebooks, in place (their libraries start them at zero).
+
+    Each codebook ``[K, D]`` is drawn from a Gaussian fitted to the residual ``[M, D]`` that the codebooks before
+    it leave, so random models still produce varied codes. Uses the global RNG (callers fork and seed it).
+    """
+    with torch.no_grad():
+        for embed in codebooks:
+            drawn = residual.mean(0) + residual.std(0) * torch.randn_like(embed)
+            embed.copy_(drawn)
+            residual = residual - drawn[torch.cdist(residual, drawn).argmin(1)]
+
+
+def probe_noise(channels: int, sample_rate: int) -> torch.Tensor:
+    """One second of Gaussian noise at four loudness levels ``[4, channels, sample_rate]``: encoder input for
+    ``fit_random_codebooks``."""
+    amplitudes = torch.tensor([0.03, 0.1, 0.3, 1.0]).view(-1, 1, 1)
+    return torch.randn(4, channels, sample_rate) * amplitudes

@@ -105,6 +105,8 @@ def check_span(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
 
 def _check_grammar(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
     codes = torch.as_tensor(codes, dtype=torch.long).flatten()
+    if codes.numel() == 0:
+        raise ValueError(f"the {codec.modality} span is empty")
     if not span_can_end(codec, codes.numel()):
         raise ValueError(f"a {codec.modality} span of {codes.numel()} codes is incomplete")
     for position, code in enumerate(codes.tolist()):

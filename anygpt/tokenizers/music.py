@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.tokenizers.audio import as_waveform, resample
+from anygpt.tokenizers.audio import as_waveform, fit_random_codebooks, probe_noise, resample
 from anygpt.tokenizers.base import BaseCodec
 
 #: ``facebook/encodec_32khz``'s ``config.json`` (audio §3.1); other EncodecConfig fields keep their defaults.
@@ -245,19 +245,12 @@ def _check_config(cfg: Any, bandwidth: float | None) -> float:
 
 
 def _init_random_codebooks(model: torch.nn.Module) -> None:
-    """Give a random-weight Encodec usable codebooks (transformers initialises them to zeros).
-
-    Each residual layer draws its codebook from a Gaussian fitted to the residuals of the encoder's output on
-    noise, so random models still produce varied codes. Uses the global RNG (the caller forks and seeds it).
-    """
+    """Random-weight Encodec with usable codebooks (transformers initialises them to zeros)."""
     with torch.no_grad():
-        amplitudes = torch.tensor([0.03, 0.1, 0.3, 1.0]).view(-1, 1, 1)
-        noise = torch.randn(4, model.config.audio_channels, model.config.sampling_rate) * amplitudes
+        noise = probe_noise(model.config.audio_channels, model.config.sampling_rate)
         residual = model.encoder(noise).transpose(1, 2).reshape(-1, model.config.codebook_dim)
-        for layer in model.quantizer.layers:
-            book = layer.codebook
-            embed = residual.mean(0) + residual.std(0) * torch.randn_like(book.embed)
-            book.embed.copy_(embed)
-            book.embed_avg.copy_(embed)
+        books = [layer.codebook for layer in model.quantizer.layers]
+        fit_random_codebooks([book.embed for book in books], residual)
+        for book in books:
+            book.embed_avg.copy_(book.embed)
             book.cluster_size.fill_(1.0)
-            residual = residual - embed[torch.cdist(residual, embed).argmin(1)]

@@ -38,7 +38,7 @@ SPAN_ERRORS = {
     "parse_image_missing_end": "not a image code",  # the original took digits from the following text as codes
     "parse_image_missing_start": "no <soim> span",  # the original took digits from the prompt as codes
     "parse_image_short": "incomplete",  # the original passed 20 codes on to a decoder that needs 32
-    "parse_image_empty_span": "incomplete",  # the original took digits after <eoim>
+    "parse_image_empty_span": "empty",  # the original took digits after <eoim>
     "parse_music_not_multiple_of_4": "position 48",  # the original silently dropped a partial frame
     "parse_music_wrong_layer": "position 1",  # the original took every code mod 2048
     "parse_music_missing_start": "no <somu> span",  # the original parsed the prompt's digits

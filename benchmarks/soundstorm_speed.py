@@ -1,0 +1,150 @@
+"""SoundStorm generate() speed at full size (random weights): float32, bfloat16 and bfloat16 + torch.compile.
+
+Rows: 500 and 1500 target frames (10 s and 30 s of 50 Hz RVQ-1 ids), without and with a 150-frame (3 s) voice
+prompt, steps=3 as AnyGPT runs it (10 network passes), batch 1. float32 runs with TF32 off, as the original was
+measured (0.27 s for 500 frames on an H100, eager). The compile variant compiles the network pass
+(``torch.compile(mode=--compile-mode)``); where compiling fails the row says ``failed: <reason>``. Median of
+``--repeats`` timed runs after warm-up; ``ids_equal_fp32`` is the share of output ids equal to the float32 run
+(random weights have many near-ties, so it is only a rough guide).
+
+    python benchmarks/soundstorm_speed.py --device cuda          # prints a table, writes JSON
+    python benchmarks/soundstorm_speed.py --device cpu --quick   # tiny model and lengths: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from anygpt.decoders.soundstorm import SoundStormDecoder
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def compile_network(model: SoundStormDecoder, mode: str) -> None:
+    """Replace the network pass by a compiled one (the module tree and its weights stay as they are)."""
+    compiled = torch.compile(model.net.forward, mode=mode, dynamic=False)
+    cudagraphs = mode == "reduce-overhead"
+
+    def forward(*args, **kwargs):
+        if cudagraphs:  # each pass is a new step; its output buffer is reused by the next replay, hence the clone
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(*args, **kwargs).clone()
+        return compiled(*args, **kwargs)
+
+    model.net.forward = forward
+
+
+def measure(model, semantic, prompt, steps, device, repeats, warmup):
+    def run():
+        generator = torch.Generator(device=device).manual_seed(0)
+        return model.generate(semantic, prompt_tokens=prompt, steps=steps, generator=generator)
+
+    for _ in range(warmup):
+        out = run()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return statistics.median(times), out, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5; --quick: 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; --quick: 1)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--compile-mode", default="reduce-overhead",
+                        help="torch.compile mode of the compile variant (e.g. max-autotune-no-cudagraphs)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--quick", action="store_true", help="tiny model and lengths (a smoke run, CPU-fast)")
+    parser.add_argument("--out", default="benchmarks/results/soundstorm_speed.json")
+    args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 as the original measured it
+    torch.backends.cudnn.allow_tf32 = False
+    device = args.device
+    torch.manual_seed(0)
+    with torch.device(device):
+        base = SoundStormDecoder.tiny(seed=0).to(device) if args.quick else SoundStormDecoder()
+    base.eval()
+    frames_list, prompt_list = ([25], [10]) if args.quick else ([500, 1500], [0, 150])
+    variants = [("float32", "eager"), ("bfloat16", "eager")]
+    if not args.no_compile:
+        variants.append(("bfloat16", f"compile ({args.compile_mode})"))
+    models, setup_errors = {}, {}
+    for dtype, variant in variants:
+        model = copy.deepcopy(base).to(getattr(torch, dtype))
+        if variant.startswith("compile"):
+            try:
+                compile_network(model, args.compile_mode)
+            except Exception as err:  # reported in each row of this variant
+                setup_errors[dtype, variant] = err
+        models[dtype, variant] = model
+    del base
+
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for frames in frames_list:
+        for prompt_frames in prompt_list:
+            semantic = torch.randint(0, 1024, (1, frames), generator=gen).to(device)
+            prompt = torch.randint(0, 1024, (1, prompt_frames, 8), generator=gen).to(device) if prompt_frames else None
+            reference = None
+            for (dtype, variant), model in models.items():
+                row = {"frames": frames, "prompt_frames": prompt_frames, "dtype": dtype, "variant": variant,
+                       "steps": args.steps, "passes": args.steps + 1 + model.num_quantizers - 1}
+                try:
+                    if (dtype, variant) in setup_errors:
+                        raise setup_errors[dtype, variant]
+                    seconds, out, peak = measure(model, semantic, prompt, args.steps, device, args.repeats,
+                                                 args.warmup)
+                    row.update(median_s=seconds, ms_per_pass=1000 * seconds / row["passes"], peak_mem_gib=peak,
+                               status="ok")
+                    if reference is None:
+                        reference = out
+                    row["ids_equal_fp32"] = (out == reference).float().mean().item()
+                except Exception as err:  # a compile failure is a result, not a crash
+                    reason = (str(err).strip().splitlines() or [""])[0][:160]
+                    row.update(median_s=None, status=f"failed: {type(err).__name__}: {reason}")
+                rows.append(row)
+                print(f"  {frames} frames, prompt {prompt_frames}, {dtype} {variant}: {row['status']}", flush=True)
+
+    header = f"{'frames':>6} {'prompt':>6} {'dtype':<9} {'variant':<32} {'median s':>9} {'passes':>6} {'ids=fp32':>8}"
+    print(header)
+    for r in rows:
+        median = f"{r['median_s']:.4f}" if r["median_s"] is not None else r["status"]
+        same = f"{r['ids_equal_fp32']:.3f}" if "ids_equal_fp32" in r else "-"
+        print(f"{r['frames']:>6} {r['prompt_frames']:>6} {r['dtype']:<9} {r['variant']:<32} {median:>9} "
+              f"{r['passes']:>6} {same:>8}")
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    result = {"benchmark": "soundstorm_speed", "device": device_name, "torch": torch.__version__,
+              "model": "tiny (random)" if args.quick else "full size, 351.38 M parameters (random)",
+              "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "batch": 1,
+              "float32_tf32": False, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
