@@ -1,11 +1,13 @@
-"""SoundStorm generate() speed at full size (random weights): float32, bfloat16 and bfloat16 + torch.compile.
+"""SoundStorm generate() speed at full size (random weights): float32 / bfloat16, eager / CUDA graphs / compile.
 
 Rows: 500 and 1500 target frames (10 s and 30 s of 50 Hz RVQ-1 ids), without and with a 150-frame (3 s) voice
 prompt, steps=3 as AnyGPT runs it (10 network passes), batch 1. float32 runs with TF32 off, as the original was
-measured (0.27 s for 500 frames on an H100, eager). The compile variant compiles the network pass
-(``torch.compile(mode=--compile-mode)``); where compiling fails the row says ``failed: <reason>``. Median of
-``--repeats`` timed runs after warm-up; ``ids_equal_fp32`` is the share of output ids equal to the float32 run
-(random weights have many near-ties, so it is only a rough guide).
+measured (0.27 s for 500 frames on an H100, eager). "cuda graphs" is the decoder's default on CUDA (each pass
+replayed from a graph captured per length); ``first_call_s`` is its latency for a length not seen before (capture
+included). With ``--compile`` a variant compiles the network pass (``torch.compile(mode=--compile-mode)``); where
+compiling fails the row says ``failed: <reason>``. Median of ``--repeats`` timed runs after warm-up;
+``ids_equal_fp32`` is the share of output ids equal to the float32 eager run (random weights have many near-ties,
+so it is only a rough guide for bfloat16; graphs must give 1.0).
 
     python benchmarks/soundstorm_speed.py --device cuda          # prints a table, writes JSON
     python benchmarks/soundstorm_speed.py --device cpu --quick   # tiny model and lengths: a smoke run
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile-mode", default="reduce-overhead",
                         help="torch.compile mode of the compile variant (e.g. max-autotune-no-cudagraphs)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (slow to compile)")
     parser.add_argument("--quick", action="store_true", help="tiny model and lengths (a smoke run, CPU-fast)")
     parser.add_argument("--out", default="benchmarks/results/soundstorm_speed.json")
     args = parser.parse_args()
@@ -88,12 +90,13 @@ def main() -> None:
         base = SoundStormDecoder.tiny(seed=0).to(device) if args.quick else SoundStormDecoder()
     base.eval()
     frames_list, prompt_list = ([25], [10]) if args.quick else ([500, 1500], [0, 150])
-    variants = [("float32", "eager"), ("bfloat16", "eager")]
-    if not args.no_compile:
+    variants = [("float32", "eager"), ("float32", "cuda graphs"), ("bfloat16", "eager"), ("bfloat16", "cuda graphs")]
+    if args.compile:
         variants.append(("bfloat16", f"compile ({args.compile_mode})"))
     models, setup_errors = {}, {}
     for dtype, variant in variants:
         model = copy.deepcopy(base).to(getattr(torch, dtype))
+        model.cuda_graphs = variant == "cuda graphs"
         if variant.startswith("compile"):
             try:
                 compile_network(model, args.compile_mode)
@@ -115,8 +118,13 @@ def main() -> None:
                 try:
                     if (dtype, variant) in setup_errors:
                         raise setup_errors[dtype, variant]
+                    first = None
+                    if model.cuda_graphs and device.startswith("cuda"):
+                        model._graphs.clear()
+                        first, _, _ = measure(model, semantic, prompt, args.steps, device, 1, 0)
                     seconds, out, peak = measure(model, semantic, prompt, args.steps, device, args.repeats,
                                                  args.warmup)
+                    row["first_call_s"] = first
                     row.update(median_s=seconds, ms_per_pass=1000 * seconds / row["passes"], peak_mem_gib=peak,
                                status="ok")
                     if reference is None:
@@ -128,13 +136,15 @@ def main() -> None:
                 rows.append(row)
                 print(f"  {frames} frames, prompt {prompt_frames}, {dtype} {variant}: {row['status']}", flush=True)
 
-    header = f"{'frames':>6} {'prompt':>6} {'dtype':<9} {'variant':<32} {'median s':>9} {'passes':>6} {'ids=fp32':>8}"
+    header = (f"{'frames':>6} {'prompt':>6} {'dtype':<9} {'variant':<32} {'median s':>9} {'first s':>8} "
+              f"{'passes':>6} {'ids=fp32':>8}")
     print(header)
     for r in rows:
         median = f"{r['median_s']:.4f}" if r["median_s"] is not None else r["status"]
         same = f"{r['ids_equal_fp32']:.3f}" if "ids_equal_fp32" in r else "-"
+        first = f"{r['first_call_s']:.4f}" if r.get("first_call_s") else "-"
         print(f"{r['frames']:>6} {r['prompt_frames']:>6} {r['dtype']:<9} {r['variant']:<32} {median:>9} "
-              f"{r['passes']:>6} {same:>8}")
+              f"{first:>8} {r['passes']:>6} {same:>8}")
     device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
     result = {"benchmark": "soundstorm_speed", "device": device_name, "torch": torch.__version__,
               "model": "tiny (random)" if args.quick else "full size, 351.38 M parameters (random)",

@@ -67,3 +67,23 @@ def test_soundstorm_fixture_on_gpu_float32():
         out = model.generate(case["inputs"]["semantic_tokens"].cuda(),
                              prompt_tokens=None if prompt is None else prompt.cuda(), steps=1)
         assert torch.equal(out.cpu(), case["expected"]["steps_1"]), name
+
+
+def test_cuda_graphs_give_the_eager_outputs_and_follow_dtype_changes():
+    from anygpt.decoders.soundstorm import SoundStormDecoder
+
+    model = SoundStormDecoder.tiny(seed=3).cuda()
+    semantic = torch.randint(0, 1024, (2, 37), generator=torch.Generator().manual_seed(0)).cuda()
+    prompt = torch.randint(0, 1024, (2, 9, 8), generator=torch.Generator().manual_seed(1)).cuda()
+
+    def run(graphs: bool):
+        model.cuda_graphs = graphs
+        generator = torch.Generator(device="cuda").manual_seed(5)
+        return model.generate(semantic, prompt_tokens=prompt, steps=3, generator=generator)
+
+    eager = run(False)
+    assert torch.equal(run(True), eager) and torch.equal(run(True), eager)  # capture, then replay
+    assert len(model._graphs.graphs) == 1
+    model.to(torch.bfloat16)  # new weights: the graphs must not replay the old ones
+    assert not model._graphs.graphs
+    assert torch.equal(run(True), run(False))

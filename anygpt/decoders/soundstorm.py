@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from anygpt import AnyGPTError
 from anygpt.decoders.conformer import ChanLayerNorm, SoundStormNetwork
+from anygpt.decoders.cuda_graphs import GraphCache
 
 CHECKPOINT = "fnlp/AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt"
 TOP_K_THRESHOLD = 0.7  # the original's topk_pres: sampling keeps the ceil((1 - 0.7) * C) largest logits
@@ -40,16 +41,29 @@ class SoundStormDecoder(nn.Module):
         codebook_size: Codes per acoustic level; the id ``codebook_size`` is MASK.
         num_quantizers: Acoustic levels predicted (RVQ 2-8).
         num_semantic_tokens: Semantic (RVQ-1) vocabulary size.
+        cuda_graphs: On CUDA, replay each network pass of ``generate`` from a CUDA graph captured per length
+            (same kernels, same outputs, without the launch overhead that dominates eager passes).
     """
 
     def __init__(self, dim: int = 1024, depth: int = 12, heads: int = 8, dim_head: int = 128, ff_mult: int = 4,
                  conv_kernel_size: int = 31, conv_expansion_factor: int = 2, codebook_size: int = 1024,
-                 num_quantizers: int = 7, num_semantic_tokens: int = 1024):
+                 num_quantizers: int = 7, num_semantic_tokens: int = 1024, cuda_graphs: bool = True):
         super().__init__()
         self.num_semantic_tokens = num_semantic_tokens
         self.net = SoundStormNetwork(dim, depth, heads, dim_head, ff_mult, conv_kernel_size, conv_expansion_factor,
-                            codebook_size, num_quantizers)
+                                     codebook_size, num_quantizers)
         self.semantic_token_emb = nn.Embedding(num_semantic_tokens, dim)
+        self.cuda_graphs = cuda_graphs
+        self._graphs = GraphCache()
+
+    def _apply(self, fn, recurse: bool = True):
+        self._graphs.clear()  # .to() / .cuda() / .half() replace the weights the graphs read
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; captured CUDA graphs are dropped (``assign`` replaces the weights)."""
+        self._graphs.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def codebook_size(self) -> int:
@@ -195,13 +209,15 @@ class SoundStormDecoder(nn.Module):
         target[:, p:] = True  # the prompt is never masked
         masked = target.clone()
         cond = self.semantic_token_emb(cond_ids)
-        rotary = self.net.conformer.rotary_emb(t)
+        graphed = self.cuda_graphs and cond.is_cuda
+        rotary = None if graphed else self.net.conformer.rotary_emb(t)
         times = torch.linspace(0.0, 1.0, steps + 1)
         counts = (torch.cos(times * math.pi / 2) * t).long().tolist()
 
         def run() -> Tensor:  # one network pass: float32 logits [B, T*Q, C], row t*Q + q
-            logits = self.net(acoustic.view(b, t * q_levels), cond, rotary=rotary)
-            return logits.reshape(b, t * q_levels, -1).float()
+            ids = acoustic.view(b, t * q_levels)
+            logits = self._graphs(self.net, ids, cond) if graphed else self.net(ids, cond, rotary=rotary)
+            return logits.reshape(b, t * q_levels, -1).float()  # a graph's output: used before the next pass
 
         for i, count in enumerate(counts):  # level 0
             logits = run()
