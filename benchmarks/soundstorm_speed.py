@@ -34,9 +34,13 @@ def sync(device: str) -> None:
 
 
 def compile_network(model: SoundStormDecoder, mode: str) -> None:
-    """Replace the network pass by a compiled one (the module tree and its weights stay as they are)."""
+    """Replace the network pass by a compiled one (the module tree and its weights stay as they are).
+
+    With a mode that uses CUDA graphs itself (``reduce-overhead``) the decoder's own graphs are turned off.
+    """
     compiled = torch.compile(model.net.forward, mode=mode, dynamic=False)
     cudagraphs = mode == "reduce-overhead"
+    model.cuda_graphs = model.cuda_graphs and not cudagraphs
 
     def forward(*args, **kwargs):
         if cudagraphs:  # each pass is a new step; its output buffer is reused by the next replay, hence the clone
@@ -73,7 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5; --quick: 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; --quick: 1)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--compile-mode", default="reduce-overhead",
+    parser.add_argument("--compile-mode", default="default",
                         help="torch.compile mode of the compile variant (e.g. max-autotune-no-cudagraphs)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (slow to compile)")
     parser.add_argument("--quick", action="store_true", help="tiny model and lengths (a smoke run, CPU-fast)")
@@ -90,14 +94,15 @@ def main() -> None:
         base = SoundStormDecoder.tiny(seed=0).to(device) if args.quick else SoundStormDecoder()
     base.eval()
     frames_list, prompt_list = ([25], [10]) if args.quick else ([500, 1500], [0, 150])
-    variants = [("float32", "eager"), ("float32", "cuda graphs"), ("bfloat16", "eager"), ("bfloat16", "cuda graphs")]
+    variants = [("float32", "eager"), ("float32", "cuda graphs"), ("float32", "cuda graphs, TF32"),
+                ("bfloat16", "eager"), ("bfloat16", "cuda graphs")]
     if args.compile:
-        variants.append(("bfloat16", f"compile ({args.compile_mode})"))
+        variants.append(("bfloat16", f"cuda graphs, compile ({args.compile_mode})"))
     models, setup_errors = {}, {}
     for dtype, variant in variants:
         model = copy.deepcopy(base).to(getattr(torch, dtype))
-        model.cuda_graphs = variant == "cuda graphs"
-        if variant.startswith("compile"):
+        model.cuda_graphs = "cuda graphs" in variant
+        if "compile" in variant:
             try:
                 compile_network(model, args.compile_mode)
             except Exception as err:  # reported in each row of this variant
@@ -118,6 +123,7 @@ def main() -> None:
                 try:
                     if (dtype, variant) in setup_errors:
                         raise setup_errors[dtype, variant]
+                    torch.backends.cuda.matmul.allow_tf32 = "TF32" in variant
                     first = None
                     if model.cuda_graphs and device.startswith("cuda"):
                         model._graphs.clear()

@@ -2,7 +2,8 @@
 
 Rows: encode of 10 s and 30 s of 16 kHz audio to RVQ-1 ids (what the LM reads), the 8-layer decode of 10 s and
 30 s of codes to a waveform, and ``SpeechTokenizerCodec.decode`` end to end (SoundStorm fills RVQ 2-8 in 3 steps,
-then the 8-layer decode), all in float32 with TF32 off, as the original ran them. Median of ``--repeats`` timed
+then the 8-layer decode), all in float32 with TF32 off, as the original ran them, and once more with SoundStorm in
+bfloat16 (``decoder_dtype``). Median of ``--repeats`` timed
 runs after warm-up, batch 1.
 
     python benchmarks/speech_codec_speed.py --device cuda          # prints a table, writes JSON
@@ -67,6 +68,12 @@ def main() -> None:
                      "median_s": timed(lambda: codec.encode([(wav, 16000)]), args.device, args.repeats)})
         rows.append({"what": "decode 8 layers", "seconds": s, "median_s": timed(decode8, args.device, args.repeats)})
         rows.append({"what": "codec.decode (SoundStorm 3 steps + decode)", "seconds": s,
+                     "median_s": timed(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
+    codec.decoder.to(torch.bfloat16)  # what decoder_dtype="bfloat16" does
+    for s in seconds:
+        wav = torch.randn(1, 16000 * s, generator=torch.Generator().manual_seed(s)).clamp(-3, 3) * 0.1
+        [ids] = codec.encode([(wav, 16000)])
+        rows.append({"what": "codec.decode, SoundStorm in bfloat16", "seconds": s,
                      "median_s": timed(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
     for row in rows:
         row["real_time_factor"] = row["median_s"] / row["seconds"]

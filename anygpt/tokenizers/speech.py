@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -71,6 +71,8 @@ class SpeechTokenizerCodec(BaseCodec):
             random weights drawn with ``seed``.
         decoder: SoundStorm for RVQ 2-8: a ``SoundStormDecoder``, the reference of its checkpoint, or None.
         steps: SoundStorm's level-1 passes when ``decode`` is not told (AnyGPT ran 3).
+        decoder_dtype: SoundStorm's weight dtype: ``float32`` as the original; ``bfloat16`` is about 3.5x faster
+            on a GPU (10 s of speech in 0.04 s on an H100) but picks other codes wherever the model hesitates.
         prompt_seconds: Seconds of a voice prompt to use, from its start; None uses all of it (as AnyGPT).
         seed: Seed of the random weights when ``checkpoint`` is None (the global RNG is left untouched).
     """
@@ -88,6 +90,7 @@ class SpeechTokenizerCodec(BaseCodec):
         checkpoint: str | None = f"{RELEASED}/speechtokenizer/ckpt.dev",
         decoder: SoundStormDecoder | str | None = f"{RELEASED}/soundstorm/speechtokenizer_soundstorm_mls.pt",
         steps: int = 3,
+        decoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         prompt_seconds: float | None = None,
         seed: int = 0,
     ):
@@ -125,7 +128,9 @@ class SpeechTokenizerCodec(BaseCodec):
                 f"SoundStorm predicts {decoder.num_quantizers} layers of {decoder.codebook_size} codes, but the "
                 f"SpeechTokenizer has {cfg['n_q']} layers of {cfg['codebook_size']}"
             )
-        self.decoder = decoder
+        if decoder_dtype not in ("float32", "bfloat16", "float16"):
+            raise AnyGPTError(f"decoder_dtype must be float32, bfloat16 or float16, got {decoder_dtype!r}")
+        self.decoder = None if decoder is None else decoder.to(getattr(torch, decoder_dtype))
         self.vocab_size = int(cfg["codebook_size"])
         self.sample_rate = int(cfg["sample_rate"])
         self.hop_length = int(torch.tensor(cfg["strides"]).prod())

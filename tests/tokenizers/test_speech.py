@@ -194,3 +194,13 @@ def test_full_size_layout_matches_the_released_checkpoint():
     assert "encoder.model.0.conv.conv.weight_g" in state and "encoder.model.1.block.0.alpha" in state
     assert state["quantizer.vq.layers.7._codebook.embed"].shape == (1024, 1024)
     assert "encoder.model.13.lstm.weight_ih_l0_reverse" in state
+
+
+def test_decoder_dtype_casts_soundstorm_only():
+    codec = SpeechTokenizerCodec.tiny(decoder_dtype="bfloat16")
+    assert codec.decoder.semantic_token_emb.weight.dtype == torch.bfloat16
+    assert next(codec.model.parameters()).dtype == torch.float32
+    [out] = codec.decode([torch.arange(0, 1000, 50)], seeds=[0], steps=1)
+    assert out.dtype == torch.float32 and out.shape == (1, 20 * 320)
+    with pytest.raises(AnyGPTError, match="decoder_dtype"):
+        SpeechTokenizerCodec.tiny(decoder_dtype="int8")
