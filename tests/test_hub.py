@@ -59,3 +59,25 @@ def test_folder_download_skips_duplicate_weight_formats(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: ["config.json", "pytorch_model.bin"])
     resolve("someone/model")
     assert calls["ignore"] is None
+
+
+def test_resolve_file_takes_paths_and_repo_file_references(monkeypatch, tmp_path):
+    from anygpt.hub import resolve_file
+
+    folder = tmp_path / "fnlp" / "AnyGPT-speech-modules" / "soundstorm"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"x")
+    monkeypatch.setenv("ANYGPT_WEIGHTS", str(tmp_path))
+    assert resolve_file("fnlp/AnyGPT-speech-modules/soundstorm/model.pt") == folder / "model.pt"
+    assert resolve_file(folder / "model.pt") == folder / "model.pt"
+    with pytest.raises(WeightsNotFoundError, match="got a folder"):
+        resolve_file(str(folder))
+    with pytest.raises(WeightsNotFoundError, match="other.pt"):
+        resolve_file("fnlp/AnyGPT-speech-modules/soundstorm/other.pt")
+    with pytest.raises(WeightsNotFoundError, match="owner>/<repo>/<file>"):
+        resolve_file("just-a-name.pt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(WeightsNotFoundError) as err:  # not in the mirror: the Hub, offline here
+        resolve_file("fnlp/Other-repo/speechtokenizer/ckpt.dev")
+    assert "speechtokenizer/ckpt.dev of fnlp/Other-repo" in str(err.value) and "\n" not in str(err.value)
