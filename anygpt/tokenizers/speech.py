@@ -70,7 +70,7 @@ class SpeechTokenizerCodec(BaseCodec):
         checkpoint: The SpeechTokenizer weights (``ckpt.dev``, a plain state dict loaded strictly); None gives
             random weights drawn with ``seed``.
         decoder: SoundStorm for RVQ 2-8: a ``SoundStormDecoder``, the reference of its checkpoint, or None.
-        steps: SoundStorm's level-1 passes when ``decode`` is not told (AnyGPT ran 3).
+        steps: SoundStorm's MaskGIT steps on RVQ layer 2 when ``decode`` is not told (AnyGPT ran 3).
         decoder_dtype: SoundStorm's weight dtype: ``float32`` as the original; ``bfloat16`` is about 3.5x faster
             on a GPU (10 s of speech in 0.04 s on an H100) but picks other codes wherever the model hesitates.
         prompt_seconds: Seconds of a voice prompt to use, from its start; None uses all of it (as AnyGPT).
@@ -198,7 +198,7 @@ class SpeechTokenizerCodec(BaseCodec):
             prompts: Per item, a voice prompt (path, bytes, ``(waveform, rate)`` or codes ``[P, 8]`` from
                 ``encode_prompt``) or None.
             seeds: Per item, the seed of SoundStorm's sampling (None: the global RNG, as the original).
-            steps: SoundStorm's level-1 passes; None uses the codec's ``steps``.
+            steps: SoundStorm's MaskGIT steps on RVQ layer 2; None uses the codec's ``steps``.
 
         Raises:
             ValueError: An empty span, ids out of range, or lists of the wrong length.
