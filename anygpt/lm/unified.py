@@ -133,6 +133,8 @@ class UnifiedLM(LightningModule):
         for request in batch:
             response = {"index": request.index, "request": request.line, "source": request.source,
                         "target": request.target, "content": request.content, "status": "ok"}
+            if request.voice_prompt:
+                response["voice_prompt"] = request.voice_prompt
             responses.append(response)
             if request.error:
                 response.update(status="error", error=request.error)
