@@ -20,13 +20,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ANYGPT_CACHE", Path.home() / ".cache" / "anygpt"))
 
 
-def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
+def resolve(source: str | os.PathLike, filename: str | None = None, ignore: list[str] | None = None) -> Path:
     """Local path of ``source`` (or of ``filename`` inside it).
 
     Args:
         source: A local file or folder, a Hugging Face repo id (``fnlp/AnyGPT-base``) or an http(s) URL. A repo
-            id is first looked up as a folder ``$ANYGPT_WEIGHTS/<repo id>`` (a local mirror), then on the Hub.
+            id is first looked up as a folder ``$ANYGPT_WEIGHTS/<repo id>`` (a local mirror), then on the Hub; a
+            URL as the file ``$ANYGPT_WEIGHTS/<its file name>``, then downloaded (cached in ``$ANYGPT_CACHE``).
         filename: A file inside ``source`` (a folder or repo); None means the whole folder or repo.
+        ignore: File patterns of a repo not to download (``["image_encoder/*"]``) when fetching a whole repo.
 
     Raises:
         WeightsNotFoundError: Not on disk and not downloadable (offline, missing file, bad id): one line
@@ -40,12 +42,16 @@ def resolve(source: str | os.PathLike, filename: str | None = None) -> Path:
             raise WeightsNotFoundError(f"{filename!r} is missing from the local folder {local}")
         return target
     if text.startswith(("http://", "https://")):
+        mirror = os.environ.get("ANYGPT_WEIGHTS")
+        name = text.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        if mirror and name and (Path(mirror) / name).is_file():  # a URL's file kept in the mirror by its name
+            return Path(mirror) / name
         return _download_url(text)
     if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
         mirror = os.environ.get("ANYGPT_WEIGHTS")
         if mirror and (Path(mirror) / text).exists():
             return resolve(Path(mirror) / text, filename)
-        return _download_repo(text, filename)
+        return _download_repo(text, filename, ignore)
     raise WeightsNotFoundError(f"no such file or folder: {text}" + (f" (looking for {filename})" if filename else ""))
 
 
@@ -74,13 +80,14 @@ def resolve_file(ref: str | os.PathLike) -> Path:
     return path
 
 
-def _download_repo(repo_id: str, filename: str | None) -> Path:
+def _download_repo(repo_id: str, filename: str | None, ignore: list[str] | None = None) -> Path:
     try:
         from huggingface_hub import hf_hub_download, snapshot_download
 
         if filename:
             return Path(hf_hub_download(repo_id, filename))
-        return Path(snapshot_download(repo_id, ignore_patterns=_duplicate_weights(repo_id)))
+        skipped = (_duplicate_weights(repo_id) or []) + list(ignore or [])
+        return Path(snapshot_download(repo_id, ignore_patterns=skipped or None))
     except Exception as err:  # offline, gated, missing: all end in the same advice
         what = f"{filename} of {repo_id}" if filename else f"the files of {repo_id}"
         reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200] or type(err).__name__
@@ -109,6 +116,11 @@ def _download_url(url: str) -> Path:
     target = cache_dir() / re.sub(r"[^\w.-]", "_", url.split("://", 1)[1])[-200:]
     if target.exists():
         return target
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise WeightsNotFoundError(
+            f"cannot download {url} (offline: HF_HUB_OFFLINE is set); download it yourself and give its local path "
+            "instead"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         from torch.hub import download_url_to_file

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
+from PIL import Image
 
 from anygpt.cli import main
 
@@ -65,15 +66,19 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
         f"speech|text|{voice}",
         f"text|speech|Hello again|{tmp_path / 'no_voice.wav'}",
         f"speech|text|{silent}",
+        "text|image|A red kite over a green hill",
+        f"image|text|{ROOT / 'examples' / 'picture.jpg'}",
+        f"image|text|{silent}",
     ]) + "\n")
     main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.requests", "[]",
           "--data.init_args.requests_file", str(requests)])
     out = tmp_path / "outputs" / "tiny"
     assert not (tmp_path / "config.yaml").exists()  # nothing is written outside the output folder
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [line["index"] for line in lines] == list(range(10))
+    assert [line["index"] for line in lines] == list(range(13))
     assert [line["status"] for line in lines] == ["ok", "ok", "error", "error", "error",
-                                                  "ok", "ok", "ok", "error", "error"]
+                                                  "ok", "ok", "ok", "error", "error",
+                                                  "ok", "ok", "error"]
     wav, rate = soundfile.read(lines[0]["file"])
     assert rate == 32000 and len(wav) > 0
     assert Path(lines[1]["file"]).read_text().strip() == lines[1]["text"].strip()
@@ -84,6 +89,10 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
     assert Path(lines[7]["file"]).read_text().strip() == lines[7]["text"].strip()
     assert lines[8]["error"].startswith("request 8: voice prompt:") and "no_voice.wav" in lines[8]["error"]
     assert "zero.wav" in lines[9]["error"]
+    picture = Image.open(lines[10]["file"])
+    assert lines[10]["file"].endswith(".jpg") and picture.size == (32, 32) and lines[10]["codes"] == 32
+    assert Path(lines[11]["file"]).read_text().strip() == lines[11]["text"].strip()
+    assert "zero.wav" in lines[12]["error"]
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
@@ -128,4 +137,6 @@ def test_base_config_offline_fails_with_one_clear_line(tmp_path):
     assert "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("anygpt: error:") and "local path" in last
-    assert any(repo in last for repo in ("fnlp/AnyGPT-base", "fnlp/AnyGPT-speech-modules", "facebook/encodec_32khz"))
+    weights = ("fnlp/AnyGPT-base", "fnlp/AnyGPT-speech-modules", "facebook/encodec_32khz", "AILab-CVC/seed-tokenizer-2",
+               "eva_vit_g.pth", "stabilityai/stable-diffusion-2-1-unclip")
+    assert any(name in last for name in weights)

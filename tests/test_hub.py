@@ -81,3 +81,18 @@ def test_resolve_file_takes_paths_and_repo_file_references(monkeypatch, tmp_path
     with pytest.raises(WeightsNotFoundError) as err:  # not in the mirror: the Hub, offline here
         resolve_file("fnlp/Other-repo/speechtokenizer/ckpt.dev")
     assert "speechtokenizer/ckpt.dev of fnlp/Other-repo" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_urls_are_not_fetched_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ANYGPT_CACHE", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match="offline.*local path"):
+        resolve("https://example.org/weights/eva_vit_g.pth")
+
+
+def test_url_files_are_found_in_the_mirror_by_name(monkeypatch, tmp_path):
+    (tmp_path / "eva_vit_g.pth").write_bytes(b"x")
+    monkeypatch.setenv("ANYGPT_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    url = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth"
+    assert resolve(url) == tmp_path / "eva_vit_g.pth"

@@ -108,7 +108,8 @@ def _check_grammar(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
     if codes.numel() == 0:
         raise ValueError(f"the {codec.modality} span is empty")
     if not span_can_end(codec, codes.numel()):
-        raise ValueError(f"a {codec.modality} span of {codes.numel()} codes is incomplete")
+        need = f" (needs exactly {codec.span_length})" if codec.span_length is not None else ""
+        raise ValueError(f"the {codec.modality} span of {codes.numel()} codes is incomplete{need}")
     for position, code in enumerate(codes.tolist()):
         low, high = codec.allowed(position)
         if not low <= code < high:
