@@ -23,9 +23,11 @@ def test_tiny_predict_on_gpu(tmp_path, monkeypatch):
                                                    "text|music|",
                                                    "text|speech|Hello there",
                                                    f"text|speech|Hello there|{ROOT / 'examples' / 'voice.wav'}",
-                                                   f"speech|text|{ROOT / 'examples' / 'voice.wav'}"])])
+                                                   f"speech|text|{ROOT / 'examples' / 'voice.wav'}",
+                                                   "text|image|A red kite",
+                                                   f"image|text|{ROOT / 'examples' / 'picture.jpg'}"])])
     lines = [json.loads(l) for l in (tmp_path / "outputs" / "tiny" / "predictions.jsonl").read_text().splitlines()]
-    assert [l["status"] for l in lines] == ["ok", "ok", "error", "ok", "ok", "ok"]
+    assert [l["status"] for l in lines] == ["ok", "ok", "error", "ok", "ok", "ok", "ok", "ok"]
 
 
 def test_greedy_cpu_and_gpu_agree_on_a_tiny_model():
@@ -87,3 +89,18 @@ def test_cuda_graphs_give_the_eager_outputs_and_follow_dtype_changes():
     model.to(torch.bfloat16)  # new weights: the graphs must not replay the old ones
     assert not model._graphs.graphs
     assert torch.equal(run(True), run(False))
+
+
+def test_seed_codec_on_gpu_float32_matches_cpu_and_float16_runs():
+    from anygpt.tokenizers.image import SeedImageCodec
+
+    picture = ROOT / "examples" / "picture.jpg"
+    cpu = SeedImageCodec.tiny(decoder=None, dtype="float32")
+    expected = cpu.encode([picture, picture])
+    gpu = SeedImageCodec.tiny(decoder=None, dtype="float32").cuda()
+    assert all(torch.equal(a, b) for a, b in zip(gpu.encode([picture, picture]), expected))
+    half = SeedImageCodec.tiny(decoder=None).cuda()  # "auto": float16 as the original on a GPU
+    codes = half.encode([picture])[0]
+    assert codes.shape == (32,) and int(codes.min()) >= 0 and int(codes.max()) < 8192
+    entry = half.codebook_entry(codes.unsqueeze(0).cuda())
+    assert entry.shape == (1, 32) and torch.isfinite(entry.float()).all()
