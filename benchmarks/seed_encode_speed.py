@@ -14,33 +14,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
-import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from timing import device_name, seconds, write_json
 from PIL import Image
 
 #: Forward FLOPs per 224x224 image (seed §5): ViT-g 520.7 G, Q-Former 12.7 G, VQ head 0.06 G.
 FLOPS_PER_IMAGE = 533.5e9
-
-
-def timed(fn, device: str, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -69,7 +51,7 @@ def main() -> None:
         def encode(pixels=pixels):
             return codec.quantize(codec.prequant(pixels))
 
-        median = timed(encode, args.device, args.repeats)
+        median = seconds(encode, args.device, args.repeats)
         row = {"what": "prequant + VQ", "batch": batch, "median_s": median, "images_per_s": batch / median,
                "ms_per_image": 1000 * median / batch}
         if not args.quick:
@@ -82,7 +64,7 @@ def main() -> None:
     picture.save(buffer, format="JPEG", quality=90)
     jpeg = buffer.getvalue()
     for what, item in [("preprocess 1024x768 PIL (CPU)", picture), ("load + preprocess 1024x768 JPEG (CPU)", jpeg)]:
-        median = timed(lambda item=item: codec.preprocess([item]), "cpu", args.repeats)
+        median = seconds(lambda item=item: codec.preprocess([item]), "cpu", args.repeats)
         rows.append({"what": what, "batch": 1, "median_s": median, "images_per_s": 1 / median,
                      "ms_per_image": 1000 * median})
 
@@ -94,15 +76,12 @@ def main() -> None:
     on_cuda = args.device.startswith("cuda")
     result = {
         "benchmark": "seed_encode_speed",
-        "device": torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu",
+        "device": device_name(args.device),
         "torch": torch.__version__, "dtype": f"{dtype} (codec 'auto')", "quick": args.quick,
         "repeats": args.repeats, "config": config, "build_s": build_s,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None, "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
+from timing import device_name, median_time, write_json
 
 from anygpt.decoders.soundstorm import SoundStormDecoder
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def compile_network(model: SoundStormDecoder, mode: str) -> None:
@@ -56,19 +47,7 @@ def measure(model, semantic, prompt, steps, device, repeats, warmup):
         generator = torch.Generator(device=device).manual_seed(0)
         return model.generate(semantic, prompt_tokens=prompt, steps=steps, generator=generator)
 
-    for _ in range(warmup):
-        out = run()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = run()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return statistics.median(times), out, peak
+    return median_time(run, device, repeats, warmup)
 
 
 def main() -> None:
@@ -151,15 +130,11 @@ def main() -> None:
         first = f"{r['first_call_s']:.4f}" if r.get("first_call_s") else "-"
         print(f"{r['frames']:>6} {r['prompt_frames']:>6} {r['dtype']:<9} {r['variant']:<32} {median:>9} "
               f"{first:>8} {r['passes']:>6} {same:>8}")
-    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
-    result = {"benchmark": "soundstorm_speed", "device": device_name, "torch": torch.__version__,
+    result = {"benchmark": "soundstorm_speed", "device": device_name(device), "torch": torch.__version__,
               "model": "tiny (random)" if args.quick else "full size, 351.38 M parameters (random)",
               "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "batch": 1,
               "float32_tf32": False, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -13,28 +13,9 @@ runs after warm-up, batch 1.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
-
-
-def timed(fn, device: str, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import device_name, write_json, seconds as median_seconds
 
 
 def main() -> None:
@@ -65,29 +46,25 @@ def main() -> None:
                 codec.model.decode(codes8)
 
         rows.append({"what": "encode to RVQ-1 ids", "seconds": s,
-                     "median_s": timed(lambda: codec.encode([(wav, 16000)]), args.device, args.repeats)})
-        rows.append({"what": "decode 8 layers", "seconds": s, "median_s": timed(decode8, args.device, args.repeats)})
+                     "median_s": median_seconds(lambda: codec.encode([(wav, 16000)]), args.device, args.repeats)})
+        rows.append({"what": "decode 8 layers", "seconds": s, "median_s": median_seconds(decode8, args.device, args.repeats)})
         rows.append({"what": "codec.decode (SoundStorm 3 steps + decode)", "seconds": s,
-                     "median_s": timed(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
+                     "median_s": median_seconds(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
     codec.decoder.to(torch.bfloat16)  # what decoder_dtype="bfloat16" does
     for s in seconds:
         wav = torch.randn(1, 16000 * s, generator=torch.Generator().manual_seed(s)).clamp(-3, 3) * 0.1
         [ids] = codec.encode([(wav, 16000)])
         rows.append({"what": "codec.decode, SoundStorm in bfloat16", "seconds": s,
-                     "median_s": timed(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
+                     "median_s": median_seconds(lambda: codec.decode([ids], seeds=[0], steps=3), args.device, args.repeats)})
     for row in rows:
         row["real_time_factor"] = row["median_s"] / row["seconds"]
 
     print(f"{'what':<46} {'audio s':>8} {'median s':>10} {'RTF':>8}")
     for row in rows:
         print(f"{row['what']:<46} {row['seconds']:>8} {row['median_s']:>10.4f} {row['real_time_factor']:>8.4f}")
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    result = {"benchmark": "speech_codec_speed", "device": device_name, "torch": torch.__version__,
+    result = {"benchmark": "speech_codec_speed", "device": device_name(args.device), "torch": torch.__version__,
               "dtype": "float32 (TF32 off)", "quick": args.quick, "repeats": args.repeats, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from timing import median_time
 
 from anygpt.decoders.unclip import UnCLIPDecoder
 
@@ -62,30 +62,15 @@ def full_size_components(device: str) -> dict:
                 image_noising_scheduler=DDPMScheduler(**IMAGE_NOISING), scheduler=PNDMScheduler(**PNDM))
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(decoder: UnCLIPDecoder, batch: int, repeats: int, device: str) -> dict:
     decoder.batch_size = batch
     embeds = torch.randn(batch, decoder.embedding_dim, generator=torch.Generator().manual_seed(batch))
     seeds = list(range(batch))
-    decoder.decode(embeds, seeds)  # warm-up (casts the weights on the first call)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        images = decoder.decode(embeds, seeds)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, images, peak = median_time(lambda: decoder.decode(embeds, seeds), device, repeats, warmup=1)
     return {"batch": batch, "seconds_per_batch": round(seconds, 4), "seconds_per_image": round(seconds / batch, 4),
-            "images_per_s": round(batch / seconds, 3), "all_times_s": [round(t, 4) for t in times],
+            "images_per_s": round(batch / seconds, 3),
             "image_size": list(images[0].size[::-1]),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None}
+            "peak_gib": None if peak is None else round(peak, 2)}
 
 
 def main() -> None:

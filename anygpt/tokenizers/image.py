@@ -7,7 +7,6 @@ embedding and hands it to an ``UnCLIPDecoder`` (seed §2).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import warnings
@@ -121,9 +120,9 @@ class SeedImageCodec(BaseCodec):
 
     @classmethod
     def tiny(cls, decoder: UnCLIPDecoder | None = None, seed: int = 0, **kw: Any) -> SeedImageCodec:
-        """Random weights, ``TINY_CONFIG`` sizes; with a tiny random ``UnCLIPDecoder`` where that module exists."""
+        """Random weights, ``TINY_CONFIG`` sizes, with a tiny random ``UnCLIPDecoder`` unless one is given."""
         config = {**TINY_CONFIG, **(kw.pop("config", None) or {})}
-        if decoder is None and importlib.util.find_spec("anygpt.decoders.unclip") is not None:
+        if decoder is None:
             decoder = _unclip_class().tiny(embedding_dim=config["image_features_dim"], seed=seed)
         return cls(quantizer=None, visual=None, decoder=decoder, config=config, seed=seed, **kw)
 
