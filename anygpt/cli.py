@@ -1,5 +1,8 @@
 """``anygpt {predict,fit,validate} --config configs/X.yaml``: a thin LightningCLI over UnifiedLM.
 
+``anygpt tokenize --config configs/tokenize/X.yaml`` is a second LightningCLI, over ``CorpusTokenizer`` and
+``CorpusDataModule``, that runs ``trainer.predict`` to turn a corpus into token shards.
+
 Lightning, torch and the model code are imported only once a subcommand is parsed, so ``anygpt --help`` answers
 at once.
 """
@@ -10,7 +13,7 @@ import functools
 import sys
 import warnings
 
-USAGE = """usage: anygpt [-h] {predict,fit,validate,test} --config CONFIG.yaml [--section.key VALUE ...]
+USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize} --config CONFIG.yaml [--section.key VALUE ...]
 
 AnyGPT: one language model that reads and writes text, speech, image and music tokens.
 
@@ -19,12 +22,14 @@ subcommands:
   fit        train or fine-tune the LM on AnyGPT-format JSONL
   validate   report loss and perplexity per task on validation JSONL
   test       as validate, on the test split
+  tokenize   encode a corpus (manifest of media + text) into token shards, resumable, on CPU or N GPUs
 
 examples:
   anygpt predict --config configs/tiny.yaml
   anygpt predict --config configs/base.yaml --data.requests_file my_requests.txt
   anygpt predict --config configs/base.yaml --print_config
   anygpt fit --config tests/configs/fit_tiny.yaml
+  anygpt tokenize --config configs/tokenize/speech.yaml --data.manifest my_corpus.jsonl
 
 Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 """
@@ -63,9 +68,48 @@ def _cli_class():
     return AnyGPTCLI
 
 
+@functools.cache
+def _tokenize_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    from anygpt.data.corpus import CorpusDataModule, CorpusTokenizer, ShardWriterCallback
+
+    class TokenizeCLI(LightningCLI):
+        """``anygpt tokenize``: a corpus manifest to token shards with ``trainer.predict``.
+
+        The shard writer is configured under ``writer`` (``--writer.format jsonl``); its folder is
+        ``data.output_dir``. No subcommand: the arguments are those of the run itself.
+        """
+
+        def __init__(self, args=None, run: bool = True, **kwargs):
+            kwargs.setdefault("trainer_defaults", {"logger": False, "use_distributed_sampler": False,
+                                                   "enable_checkpointing": False})
+            super().__init__(
+                CorpusTokenizer,
+                CorpusDataModule,
+                save_config_callback=None,
+                seed_everything_default=False,
+                auto_configure_optimizers=False,
+                parser_kwargs={"prog": "anygpt tokenize", "description": "Encode a corpus into token shards."},
+                run=False,
+                args=args,
+                **kwargs,
+            )
+            if run:
+                self.trainer.predict(self.model, datamodule=self.datamodule, return_predictions=False)
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(ShardWriterCallback, "writer")
+            parser.link_arguments("data.output_dir", "writer.output_dir")
+
+    return TokenizeCLI
+
+
 def __getattr__(name: str):
     if name == "AnyGPTCLI":  # built on first access, so importing this module stays light
         return _cli_class()
+    if name == "TokenizeCLI":
+        return _tokenize_cli_class()
     raise AttributeError(name)
 
 
@@ -80,7 +124,13 @@ def main(args: list[str] | None = None) -> None:
     # Codecs are frozen in eval mode on purpose; Lightning would warn about them at every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
-        _cli_class()(args=args)
+        if argv[0] == "tokenize":
+            # The subcommand is ours, not LightningCLI's; its batches are whole (no batch sampler to track).
+            warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+            warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
+            _tokenize_cli_class()(args=argv[1:])
+        else:
+            _cli_class()(args=args)
     except AnyGPTError as err:
         print(f"anygpt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -19,6 +19,8 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "tests" / 
 
 
 def subcommand_for(path: Path) -> str:
+    if "tokenize" in path.parts or path.name.startswith("tokenize"):
+        return "tokenize"
     return "fit" if "fit" in path.parts or path.name.startswith("fit") else "predict"
 
 
@@ -96,13 +98,18 @@ def test_tiny_predict_end_to_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
-def test_tiny_fit_and_validate(subcommand, monkeypatch, capsys):
+@pytest.mark.parametrize("config, tasks", [
+    ("fit_tiny", ["music_to_text", "text_to_music"]),
+    ("fit_pretrain_tiny", ["music_to_text", "text_to_music", "speech_to_text", "text_to_speech"]),
+    ("fit_sft_tiny", ["sft"]),
+])
+def test_tiny_fit_and_validate(subcommand, config, tasks, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    main([subcommand, "--config", "tests/configs/fit_tiny.yaml"])
+    main([subcommand, "--config", f"tests/configs/{config}.yaml"])
     if subcommand == "validate":
         out = capsys.readouterr().out
         assert "val/loss" in out and "val/ppl" in out
-        assert "val/loss/music_to_text" in out or "val/loss/text_to_music" in out
+        assert any(f"val/loss/{task}" in out for task in tasks)
 
 
 def test_fit_checkpoint_reloads_and_validates(tmp_path, monkeypatch):

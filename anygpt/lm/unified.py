@@ -42,6 +42,12 @@ class UnifiedLM(LightningModule):
         grammar: Constrain generated spans to what the target codec accepts.
         dtype: Weight dtype of a loaded backbone (``float32``, ``bfloat16``, ``float16``).
         seed: Seed of a fresh backbone's initialisation and of requests that carry no seed.
+        added_tokens: Plain tokens to add after the codec blocks where the tokenizer lacks them (SFT:
+            ``["<-Res->", "<-Ins->"]``, ids 49418/49419 after AnyGPT-base's vocabulary); embeddings are resized.
+        attn_implementation: The backbone's attention kernels (``sdpa``, ``flex_attention``,
+            ``flash_attention_2``, ``eager``); None keeps transformers' choice. Packed training batches need no
+            dense mask with ``flex_attention`` or ``flash_attention_2``.
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % more compute).
         optimizer: Optimizer factory for ``fit``; None is AdamW(lr=2e-5, weight_decay=0).
         lr_scheduler: Scheduler factory for ``fit``; None keeps the learning rate constant.
     """
@@ -57,6 +63,9 @@ class UnifiedLM(LightningModule):
         grammar: bool = True,
         dtype: str = "float32",
         seed: int = 0,
+        added_tokens: list[str] = [],
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
@@ -84,8 +93,11 @@ class UnifiedLM(LightningModule):
         if tokenizer is None and isinstance(backbone, dict):
             raise AnyGPTError("a backbone built from a config needs `tokenizer` (a folder, repo id or 'tiny')")
         self.tokenizer = TextTokenizer.tiny() if tokenizer == "tiny" else TextTokenizer.from_pretrained(tokenizer or backbone)
+        self.added_tokens = list(added_tokens)
         self.layout = self._build_layout()
-        self.backbone = self._build_backbone(backbone, dtype)
+        self.backbone = self._build_backbone(backbone, dtype, attn_implementation)
+        if gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reply_end_id = self.layout.token_id("<eos>")
         self.stop_ids = [self.reply_end_id, self.tokenizer.eos_id]
         self.metrics = nn.ModuleDict()
@@ -100,6 +112,8 @@ class UnifiedLM(LightningModule):
         for codec in self.codecs.values():
             if codec.modality not in layout.ranges:
                 codec.register(layout)
+        for token in self.added_tokens:
+            layout.add_token(token)
         self.tokenizer.add_tokens(layout.token_strings())
         if len(self.tokenizer) != len(layout):
             raise AnyGPTError(
@@ -108,18 +122,21 @@ class UnifiedLM(LightningModule):
             )
         return layout
 
-    def _build_backbone(self, backbone: str | dict, dtype: str) -> nn.Module:
+    def _build_backbone(self, backbone: str | dict, dtype: str, attn_implementation: str | None) -> nn.Module:
         from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
         if isinstance(backbone, dict):
             config = LlamaConfig(**{**backbone, "vocab_size": len(self.layout)})
+            if attn_implementation:
+                config._attn_implementation = attn_implementation
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 model = LlamaForCausalLM(config)
         else:
             from anygpt.hub import resolve
 
-            model = AutoModelForCausalLM.from_pretrained(resolve(backbone), dtype=getattr(torch, dtype))
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModelForCausalLM.from_pretrained(resolve(backbone), dtype=getattr(torch, dtype), **extra)
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < len(self.layout):
             model.resize_token_embeddings(len(self.layout))
@@ -293,7 +310,13 @@ class UnifiedLM(LightningModule):
         return ids[:max_length], task
 
     def _token_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Per-token losses ``[B, T-1]`` and where they count. Packed batches carry ``position_ids`` (restarting per
+        document) and no ``attention_mask``: the backbone then keeps documents apart."""
+        if "position_ids" in batch:
+            inputs = {"position_ids": batch["position_ids"]}
+        else:
+            inputs = {"attention_mask": batch["attention_mask"]}
+        logits = self.backbone(input_ids=batch["input_ids"], use_cache=False, **inputs).logits
         labels = batch["labels"][:, 1:]
         losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
         return losses, labels != -100
@@ -301,22 +324,27 @@ class UnifiedLM(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses, valid = self._token_losses(batch)
         loss = losses.sum() / valid.sum().clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["task"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         from torchmetrics.aggregation import MeanMetric
 
         losses, valid = self._token_losses(batch)
-        tasks = batch["task"]
-        for name in ["all", *sorted(set(tasks))]:
-            rows = torch.tensor([name in ("all", t) for t in tasks], device=losses.device)
-            count = valid[rows].sum()
+        if "token_task" in batch:  # packed: the task of each predicted token
+            names, token_task = batch["task_names"], batch["token_task"][:, 1:]
+        else:  # one task per row
+            names = sorted(set(batch["task"]))
+            rows = torch.tensor([names.index(t) for t in batch["task"]], device=losses.device)
+            token_task = rows.unsqueeze(1).expand_as(losses)
+        for index, name in [(None, "all"), *enumerate(names)]:
+            keep = valid if index is None else valid & (token_task == index)
+            count = keep.sum()
             if count == 0:
                 continue
             if name not in self.metrics:
                 self.metrics[name] = MeanMetric().to(self.device)
-            self.metrics[name].update(losses[rows][valid[rows]].mean(), weight=count)
+            self.metrics[name].update(losses[keep].mean(), weight=count)
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in self.metrics.items():

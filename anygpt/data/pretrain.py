@@ -1,0 +1,125 @@
+"""Stage-1 pretraining data: a weighted mixture of AnyGPT-format datasets, packed into blocks.
+
+Each dataset is a list of JSONL files of ``{"text": ..., "<modality>": "<so..>...<eo..>"}`` records with a sampling
+weight and its own probability of the modality->text direction (the original meant per-dataset probabilities but
+passed them to the wrong argument, so every dataset got 0.5 and image generation lost its ``</s>``). Every
+sequence ends in ``</s>``; sequences are packed whole into blocks with no attention across documents.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from anygpt import AnyGPTError
+from anygpt.data.packing import collate_packed, pack_greedy
+from anygpt.data.pairs import read_jsonl_examples
+
+
+def _check_specs(specs: list[dict], where: str) -> list[dict]:
+    checked = []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        unknown = set(spec) - {"files", "weight", "to_text_prob", "name"}
+        if unknown:
+            raise AnyGPTError(f"{where}[{i}]: unknown fields {sorted(unknown)} (files, weight, to_text_prob, name)")
+        if not spec.get("files"):
+            raise AnyGPTError(f"{where}[{i}]: give its JSONL `files`")
+        spec.setdefault("weight", 1.0)
+        spec.setdefault("to_text_prob", 0.5)
+        spec.setdefault("name", f"{where}{i}")
+        if spec["weight"] <= 0 or not 0 <= spec["to_text_prob"] <= 1:
+            raise AnyGPTError(f"{where}[{i}]: weight must be > 0 and to_text_prob in [0, 1], got {spec}")
+        checked.append(spec)
+    return checked
+
+
+class PretrainDataModule(LightningDataModule):
+    """Weighted mixture of AnyGPT-format datasets, packed into blocks of ``block_size`` tokens.
+
+    An epoch draws ``examples_per_epoch`` examples: each draw picks a dataset with probability proportional to its
+    weight (modality-balanced sampling) and takes that dataset's next example in a seeded shuffled order, starting
+    over when it runs out. The examples are then packed whole, in draw order, into blocks (map-style, so several
+    devices split the blocks). Validation packs every validation example once, in file order.
+
+    Args:
+        datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each.
+        val_datasets: Validation datasets, same fields (weight unused).
+        block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
+        batch_size: Blocks per batch.
+        examples_per_epoch: Draws per epoch; None: as many as the datasets hold together.
+        seed: Seed of the directions, instructions, shuffles and draws.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, datasets: list[dict] = [], val_datasets: list[dict] = [], block_size: int = 4096,
+                 batch_size: int = 1, examples_per_epoch: int | None = None, seed: int = 42, num_workers: int = 0):
+        super().__init__()
+        if block_size < 2 or batch_size < 1:
+            raise AnyGPTError(f"block_size must be >= 2 and batch_size >= 1, got {block_size} and {batch_size}")
+        self.specs = _check_specs(datasets, "datasets")
+        self.val_specs = _check_specs(val_datasets, "val_datasets")
+        self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
+        self.examples_per_epoch, self.seed = examples_per_epoch, seed
+        self.train_sets: list[list] = []
+        self.val_blocks: list = []
+        self.problems: list[str] = []
+        self.task_names: list[str] = []
+
+    def _read(self, spec: dict, model: Any) -> list[tuple[list[int], str]]:
+        def build(record, rng):
+            return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"])
+
+        examples, problems = read_jsonl_examples(spec["files"], build, self.seed)
+        self.problems += problems
+        return examples
+
+    def setup(self, stage: str) -> None:
+        model = self.trainer.lightning_module
+        self.pad_id = model.tokenizer.pad_id
+        if stage == "fit":
+            if not self.specs:
+                raise AnyGPTError("data.datasets is empty: fit needs at least one dataset")
+            self.train_sets = [self._read(spec, model) for spec in self.specs]
+            empty = [spec["name"] for spec, data in zip(self.specs, self.train_sets) if not data]
+            if empty:
+                raise AnyGPTError(f"no usable records in datasets {empty}")
+        if stage in ("fit", "validate"):
+            if stage == "validate" and not self.val_specs:
+                raise AnyGPTError("data.val_datasets is empty: validate needs at least one dataset")
+            examples = [ex for spec in self.val_specs for ex in self._read(spec, model)]
+            self.val_blocks = [[examples[i] for i in block]
+                               for block in pack_greedy([len(ids) for ids, _ in examples], self.block_size)]
+        tasks = {task for data in self.train_sets for _, task in data}
+        tasks |= {task for block in self.val_blocks for _, task in block}
+        self.task_names = sorted(tasks)
+
+    def train_blocks(self, epoch: int) -> list[list[tuple[list[int], str]]]:
+        """The packed blocks of one epoch (a deterministic function of ``seed`` and ``epoch``)."""
+        rng = random.Random(f"{self.seed}:{epoch}")
+        orders = [rng.sample(range(len(data)), len(data)) for data in self.train_sets]
+        cursors = [0] * len(self.train_sets)
+        weights = [spec["weight"] for spec in self.specs]
+        total = self.examples_per_epoch or sum(len(data) for data in self.train_sets)
+        drawn = []
+        for which in rng.choices(range(len(self.train_sets)), weights=weights, k=total):
+            data, order = self.train_sets[which], orders[which]
+            drawn.append(data[order[cursors[which] % len(data)]])
+            cursors[which] += 1
+        return [[drawn[i] for i in block] for block in pack_greedy([len(ids) for ids, _ in drawn], self.block_size)]
+
+    def _loader(self, blocks: list, shuffle: bool) -> DataLoader:
+        collate = partial(collate_packed, task_names=self.task_names, pad_id=self.pad_id)
+        return DataLoader(blocks, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self._loader(self.train_blocks(epoch), shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_blocks, shuffle=False)
