@@ -263,7 +263,11 @@ def read_jsonl_shard(path: str | os.PathLike, problems: list[str] | None = None)
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, str]]:
-    """``(codes, text)`` per record of a finished shard of either format (``NAME.jsonl``, or any binary file/stem)."""
+    """``(codes, text)`` per record of a finished shard of either format: any of its files, or its ``NAME``."""
+    stem = shard_stem(path)
+    if not is_jsonl_shard(path) and not stem.with_name(stem.name + ".meta.json").is_file():
+        if stem.with_name(stem.name + ".jsonl").is_file():
+            path = stem.with_name(stem.name + ".jsonl")
     if is_jsonl_shard(path):
         if not Path(path).is_file():
             raise AnyGPTError(f"shard not found: {path}")
