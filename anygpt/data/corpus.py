@@ -7,7 +7,6 @@ rerun skips finished shards, so a crash loses at most the shards in progress.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -157,16 +156,6 @@ class CorpusDataModule(LightningDataModule):
                           num_workers=self.num_workers)
 
 
-def _build(spec: Any) -> Any:
-    """An object from ``{class_path, init_args}`` (a dict or jsonargparse Namespace), else ``spec`` itself."""
-    if hasattr(spec, "as_dict"):
-        spec = spec.as_dict()
-    if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
-    return spec
-
-
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     message = text[0] if text else type(err).__name__
@@ -186,7 +175,9 @@ class CorpusTokenizer(LightningModule):
 
     def __init__(self, codec: Any):
         super().__init__()
-        self.codec = _build(codec)
+        from anygpt.lm.unified import instantiate
+
+        self.codec = instantiate(codec)
         for name in ("modality", "token_prefix", "start_tag", "end_tag", "vocab_size", "encode"):
             if not hasattr(self.codec, name):
                 raise AnyGPTError(f"model.codec: {type(self.codec).__name__} is not a codec (it has no {name})")

@@ -75,7 +75,7 @@ class UnifiedLM(LightningModule):
         given = _cli_hparams() or {"codecs": codecs, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
         ignore = [key for key in ("codecs", "optimizer", "lr_scheduler") if _holds_instances(given.get(key))]
         self.save_hyperparameters(ignore=ignore)
-        codecs = {name: _instantiate(spec) for name, spec in (codecs or {}).items()}
+        codecs = {name: instantiate(spec) for name, spec in (codecs or {}).items()}
         for name, codec in codecs.items():
             if getattr(codec, "modality", None) != name:
                 raise AnyGPTError(f"codecs.{name}: the codec's modality is {getattr(codec, 'modality', None)!r}")
@@ -375,7 +375,7 @@ class UnifiedLM(LightningModule):
             state.setdefault(f"codec_modules.{key}", value)
 
 
-def _instantiate(spec: Any) -> Any:
+def instantiate(spec: Any) -> Any:
     """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), else as is.
 
     Building it here lets the codec's own error (missing weights, say) reach the user unchanged.
