@@ -53,17 +53,23 @@ def read_jsonl_examples(files: list[str], build, seed: int) -> tuple[list[tuple[
     return examples, problems
 
 
-def collate_examples(batch: list[tuple[list[int], str]], pad_id: int = 0) -> dict:
-    """Right-pad a batch; labels are the ids (loss on every token) and -100 on padding."""
-    width = max(len(ids) for ids, _ in batch)
+def collate_labelled(batch: list[tuple[list[int], list[int], str]], pad_id: int = 0) -> dict:
+    """Right-pad ``(ids, labels, task)`` examples; labels are -100 on padding."""
+    width = max(len(ids) for ids, _, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, _) in enumerate(batch):
+    for row, (ids, labs, _) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        labels[row, : len(ids)] = torch.as_tensor(ids)
+        labels[row, : len(ids)] = torch.as_tensor(labs)
         attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task": [t for _, t in batch]}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "task": [task for _, _, task in batch]}
+
+
+def collate_examples(batch: list[tuple[list[int], str]], pad_id: int = 0) -> dict:
+    """Right-pad a batch; labels are the ids (loss on every token) and -100 on padding."""
+    return collate_labelled([(ids, ids, task) for ids, task in batch], pad_id)
 
 
 class PairedJsonlDataModule(LightningDataModule):

@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
-from anygpt.data.pairs import read_jsonl_examples
+from anygpt.data.pairs import collate_labelled, read_jsonl_examples
 
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
           "speech, images and audio.")
@@ -65,20 +65,6 @@ def conversation_example(tokenizer: Any, record: dict, eos_id: int, answer_start
     if ids.count(answer_start_id) != len(pairs) or ids.count(eos_id) != len(pairs):
         raise AnyGPTError("a message holds [MMGPT] or <eos> itself: the turns cannot be told apart")
     return ids[:max_length], labels[:max_length]
-
-
-def collate_labelled(batch: list[tuple[list[int], list[int], str]], pad_id: int = 0) -> dict:
-    """Right-pad ``(ids, labels, task)`` examples."""
-    width = max(len(ids) for ids, _, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, labs, _) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        labels[row, : len(ids)] = torch.as_tensor(labs)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "task": [task for _, _, task in batch]}
 
 
 class SFTDataModule(LightningDataModule):
