@@ -1,19 +1,28 @@
 """Training throughput of ``anygpt fit`` itself: tokens/s and MFU on packed 4096-token blocks, bf16-mixed.
 
-The model is a fresh LLaMA of the ~1.3 B anchor shape (hidden 2048, 16 layers, 16 heads, MLP 8192) with AnyGPT's
-vocabulary size of 49420 (tiny text pieces + the image, speech and music blocks, embeddings resized to 49420); the data are
-synthetic AnyGPT-format speech pairs of 300-1500 codes, packed into blocks by ``PretrainDataModule``, so the
-measured path is the one users run (per-document positions, no cross-document attention). MFU counts
-6 x parameters + 12 x layers x hidden x block FLOPs per token (as the anchor: a plain HF loop on the same shape did
-41.7k tok/s, 39 % of 989 TFLOP/s). Steps after ``--warmup`` are timed with CUDA synchronisation.
+The model is a fresh LLaMA of the ~1.3 B anchor shape (hidden 2048, 16 layers, 16 heads, MLP 8192; ``--shape 7b``:
+LLaMA-2-7B) with AnyGPT's vocabulary size of 49420 (embeddings resized); the data are synthetic AnyGPT-format speech
+pairs of 300-1500 codes, packed into blocks by ``PretrainDataModule``, so the measured path is the one users run
+(per-document positions, no cross-document attention). Variants: ``plain`` is the anchor, a plain HF loop on the
+same shape (full 4096-token causal rows, ``model(labels=...)``, bf16 autocast, SDPA, fused AdamW), measured in the
+same run for the ratio; the others are ``anygpt fit`` with an ``attn_implementation`` (``packed``: FlashAttention
+varlen; ``flex_attention``; ``sdpa``: a dense block mask) and ``+compile`` for ``model.compile: true``.
 
-    python benchmarks/train_speed.py --device cuda                        # sdpa and flex_attention rows
-    python benchmarks/train_speed.py --device cpu --quick                 # tiny shape: a smoke run
+MFU counts 6 x parameters + 12 x layers x hidden x block FLOPs per token, as the anchor did (41.7k tok/s, 39 % of
+989 TFLOP/s); that formula credits full-block attention, which packed documents of 300-1500 tokens do not need, so
+``mfu_6n`` (6 x parameters alone, a lower bound for every row) is reported too. Steps after ``--warmup`` are
+timed with CUDA synchronisation.
+
+    python benchmarks/train_speed.py --device cuda                                  # anchor and fit variants
+    python benchmarks/train_speed.py --device cuda --shape 7b --variants packed --precision bf16-true \
+        --strategy fsdp --gradient-checkpointing --batch 1                            # LLaMA-2-7B on one GPU
+    python benchmarks/train_speed.py --device cpu --quick                            # tiny shape: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import tempfile
@@ -28,6 +37,8 @@ PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}  # H100 SXM dense bf16; the CPU figur
 SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
                num_key_value_heads=16, max_position_embeddings=4096),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, max_position_embeddings=4096),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, max_position_embeddings=4096),
 }
@@ -60,10 +71,60 @@ def synthetic_pairs(path: Path, count: int, seed: int = 0) -> None:
                                     ensure_ascii=False) + "\n")
 
 
-def run(args, attn: str, folder: Path) -> dict:
+def flops_per_token(params: int, shape: dict, block: int) -> tuple[float, float]:
+    """FLOPs per trained token: the anchor's formula, and 6 x parameters alone."""
+    return 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * block, 6 * params
+
+
+def result(args, variant: str, shape: dict, params: int, tokens_per_s: float, steps: int) -> dict:
+    full, bare = flops_per_token(params, shape, args.block)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+    return {"variant": variant, "shape": args.shape, "params": params, "vocab": VOCAB, "block": args.block,
+            "batch": args.batch, "precision": args.precision, "strategy": args.strategy, "steps_timed": steps,
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * full / PEAK_FLOPS[args.device],
+            "mfu_6n": tokens_per_s * bare / PEAK_FLOPS[args.device], "peak_gib": peak,
+            "gradient_checkpointing": args.gradient_checkpointing}
+
+
+def run_plain(args, compile: bool) -> dict:
+    """The anchor: a plain transformers training loop on full causal rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = SHAPES[args.shape]
+    with torch.device(args.device):  # random weights drawn on the device directly
+        model = LlamaForCausalLM(LlamaConfig(**shape, vocab_size=VOCAB, attn_implementation="sdpa"))
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.precision == "bf16-true":
+        model.to(torch.bfloat16)
+    if compile:
+        model.compile()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.0, fused=args.device == "cuda")
+    ids = torch.randint(0, VOCAB, (args.batch, args.block), device=args.device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        sync(args.device)
+        start = time.perf_counter()
+        with torch.autocast(args.device, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(args.device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in model.parameters())
+    return result(args, "plain+compile" if compile else "plain", shape, params,
+                  args.batch * args.block * len(times) / sum(times), len(times))
+
+
+def run(args, variant: str, folder: Path) -> dict:
     from anygpt.cli import _cli_class
 
-    shape = SHAPES["tiny" if args.quick else "1b"]
+    attn, _, option = variant.partition("+")
+    if attn == "plain":
+        return run_plain(args, compile=option == "compile")
+    shape = SHAPES[args.shape]
     tiny_codecs = {
         "image": {"class_path": "anygpt.tokenizers.image.SeedImageCodec",
                   "init_args": {"quantizer": None, "visual": None, "decoder": None,
@@ -77,19 +138,25 @@ def run(args, attn: str, folder: Path) -> dict:
         "music": {"class_path": "anygpt.tokenizers.music.EncodecMusicCodec",
                   "init_args": {"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}}},
     }
+    strategy = "auto"
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1, "logger": False,
-                    "precision": "bf16-mixed", "max_steps": args.warmup + args.steps, "limit_val_batches": 0,
+                    "precision": args.precision, "strategy": strategy, "max_steps": args.warmup + args.steps, "limit_val_batches": 0,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"backbone": shape, "tokenizer": "tiny", "codecs": tiny_codecs, "attn_implementation": attn,
-                  "gradient_checkpointing": args.gradient_checkpointing,
+                  "gradient_checkpointing": args.gradient_checkpointing, "compile": option == "compile",
                   "optimizer": {"class_path": "torch.optim.AdamW",
                                 "init_args": {"lr": 3e-5, "weight_decay": 0.0, "fused": args.device == "cuda"}}},
         "data": {"class_path": "anygpt.data.pretrain.PretrainDataModule",
                  "init_args": {"datasets": [{"files": [str(folder / "pairs.jsonl")]}], "block_size": args.block,
                                "batch_size": args.batch, "examples_per_epoch": 2000}},
     }
+    if args.strategy == "fsdp":
+        config["trainer"]["strategy"] = {
+            "class_path": "lightning.pytorch.strategies.FSDPStrategy",
+            "init_args": {"auto_wrap_policy": ["transformers.models.llama.modeling_llama.LlamaDecoderLayer"],
+                          "sharding_strategy": "FULL_SHARD"}}
     (folder / "config.json").write_text(json.dumps(config))
     timer = StepTimer(args.warmup)
     cli = _cli_class()(args=["--config", str(folder / "config.json")], trainer_defaults={"callbacks": [timer]},
@@ -97,20 +164,27 @@ def run(args, attn: str, folder: Path) -> dict:
     model = cli.model.backbone
     model.resize_token_embeddings(VOCAB)  # AnyGPT's vocabulary size: the LM head's real cost
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    params = sum(p.numel() for p in model.parameters())
-    tokens_per_s = sum(timer.tokens) / sum(timer.times)
-    flops_per_token = 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * args.block
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
-    return {"attn_implementation": attn, "params": params, "vocab": model.config.vocab_size, "block": args.block,
-            "batch": args.batch, "steps_timed": len(timer.times), "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * flops_per_token / PEAK_FLOPS[args.device], "peak_gib": peak,
-            "gradient_checkpointing": args.gradient_checkpointing}
+    params = sum(p.numel() for p in cli.model.backbone.parameters())
+    if args.strategy == "fsdp":  # sharded flat parameters: count the shape's own
+        params = sum(p.numel() for p in _fresh_shape_params(shape))
+    return result(args, variant, shape, params, sum(timer.tokens) / sum(timer.times), len(timer.times))
+
+
+def _fresh_shape_params(shape: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return list(LlamaForCausalLM(LlamaConfig(**shape, vocab_size=VOCAB)).parameters())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--attn", nargs="+", default=["sdpa", "flex_attention"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "flex_attention", "packed", "packed+compile"],
+                        help="plain[+compile] (the anchor loop) or an attn_implementation[+compile] of anygpt fit")
+    parser.add_argument("--shape", choices=["1b", "7b"], default="1b")
+    parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "bf16-true"])
+    parser.add_argument("--strategy", default="auto", choices=["auto", "fsdp"])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
@@ -120,31 +194,35 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     if args.quick:
-        args.block, args.batch, args.steps, args.warmup, args.attn = 512, 2, 3, 1, args.attn[:1]
+        args.block, args.batch, args.steps, args.warmup, args.shape = 512, 2, 3, 1, "tiny"
+        args.variants = [v for v in args.variants if "compile" not in v]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         synthetic_pairs(folder / "pairs.jsonl", 400 if not args.quick else 40)
-        for attn in args.attn:
+        for variant in args.variants:
             try:
-                rows.append(run(args, attn, folder))
-            except Exception as err:  # one kernel choice failing is a result, not a crash
-                rows.append({"attn_implementation": attn, "status": f"failed: {type(err).__name__}: "
-                                                                   f"{str(err).splitlines()[0][:160]}"})
+                rows.append(run(args, variant, folder))
+            except Exception as err:  # one variant failing is a result, not a crash
+                rows.append({"variant": variant, "status": f"failed: {type(err).__name__}: "
+                                                           f"{str(err).splitlines()[0][:160]}"})
+            gc.collect()
             if args.device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-    print(f"{'attention':<16} {'params':>8} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
+            write_json(args.out, {"benchmark": "train_speed", "device": device_name(args.device),
+                                  "quick": args.quick, "rows": rows,
+                                  "anchor_given": {"tokens_per_s": 41.7e3, "mfu": 0.39, "what": "plain HF loop"}})
+    plain = next((r["tokens_per_s"] for r in rows if r["variant"] == "plain" and "tokens_per_s" in r), None)
+    print(f"{'variant':<22} {'params':>8} {'tokens/s':>10} {'MFU':>7} {'MFU 6N':>7} {'vs plain':>9} {'peak GiB':>9}")
     for r in rows:
-        if "tokens_per_s" in r:
-            peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-"
-            print(f"{r['attn_implementation']:<16} {r['params'] / 1e9:>7.2f}B {r['tokens_per_s']:>10.0f} "
-                  f"{100 * r['mfu']:>6.1f}% {peak:>9}")
-        else:
-            print(f"{r['attn_implementation']:<16} {r['status']}")
-    write_json(args.out, {"benchmark": "train_speed", "device": device_name(args.device), "quick": args.quick,
-                          "anchor": {"tokens_per_s": 41.7e3, "mfu": 0.39, "what": "plain HF loop, eager"},
-                          "rows": rows})
+        if "tokens_per_s" not in r:
+            print(f"{r['variant']:<22} {r['status']}")
+            continue
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-"
+        ratio = f"{r['tokens_per_s'] / plain:.2f}x" if plain else "-"
+        print(f"{r['variant']:<22} {r['params'] / 1e9:>7.2f}B {r['tokens_per_s']:>10.0f} {100 * r['mfu']:>6.1f}% "
+              f"{100 * r['mfu_6n']:>6.1f}% {ratio:>9} {peak:>9}")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,52 @@ def test_seed_codec_on_gpu_float32_matches_cpu_and_float16_runs():
     assert codes.shape == (32,) and int(codes.min()) >= 0 and int(codes.max()) < 8192
     entry = half.codebook_entry(codes.unsqueeze(0).cuda())
     assert entry.shape == (1, 32) and torch.isfinite(entry.float()).all()
+
+
+def test_packed_attention_runs_varlen_kernels_and_matches_sdpa(monkeypatch):
+    from anygpt.data.packing import collate_packed
+    from anygpt.lm import packed_attention
+    from anygpt.lm.unified import UnifiedLM
+
+    backbone = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=1024)
+    packed = UnifiedLM(backbone=backbone, tokenizer="tiny", attn_implementation="packed").cuda().eval()
+    sdpa = UnifiedLM(backbone=backbone, tokenizer="tiny", attn_implementation="sdpa").cuda().eval()
+    calls = []
+    real = packed_attention._kernel
+    monkeypatch.setattr(packed_attention, "_kernel", lambda q, d: calls.append(d) or real(q, d))
+    torch.manual_seed(0)
+    docs = [(torch.randint(0, 300, (n,)).tolist(), "a") for n in (300, 120, 33, 400)]
+    batch = collate_packed([docs[:3], docs[3:]], task_names=["a"])
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ours, valid = packed._token_losses(batch)
+        reference, _ = sdpa._token_losses(batch)
+    assert calls == [torch.bfloat16] * 2 and packed_attention._VARLEN is not None
+    torch.testing.assert_close(ours[valid], reference[valid], atol=3e-2, rtol=3e-2)
+
+
+def test_fit_with_packed_attention_and_compile_learns(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from anygpt.data.pretrain import PretrainDataModule
+    from anygpt.lm.unified import UnifiedLM, token_cross_entropy
+    from anygpt.tokenizers.music import EncodecMusicCodec
+    from tests.data.test_training import DATA, LossLog
+
+    backbone = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, max_position_embeddings=2048)
+    model = UnifiedLM(backbone=backbone, tokenizer="tiny", codecs={"music": EncodecMusicCodec.tiny()},
+                      attn_implementation="packed", compile=True, gradient_checkpointing=True,
+                      optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
+    dm = PretrainDataModule(datasets=[{"files": [str(DATA / "music_val.jsonl")], "to_text_prob": 0.0}],
+                            block_size=2048, batch_size=2, examples_per_epoch=6)
+    log = LossLog()
+    trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=40, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[log], limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert model._loss_fn is not token_cross_entropy  # the compiled one
+    assert all(layer._compiled_call_impl is not None for layer in model.backbone.model.layers)
+    start, end = sum(log.losses[:3]) / 3, sum(log.losses[-3:]) / 3
+    assert len(log.losses) == 40 and end < 0.5 * start, (start, end)

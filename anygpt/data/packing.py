@@ -2,9 +2,9 @@
 
 A block is a list of documents (token id lists). ``collate_packed`` lays them end to end and restarts the position
 ids at 0 for each document: given ``position_ids`` and no ``attention_mask``, transformers' LLaMA builds a
-block-diagonal causal mask (SDPA/eager) or varlen/flex kernels (``attn_implementation`` flash/flex), so each
-document attends only to itself, exactly as if it ran alone. The first token of each document gets no label: it
-would be predicted from the previous document.
+block-diagonal causal mask (SDPA/eager) or a flex block mask, and ``attn_implementation: packed`` runs varlen
+kernels on the batch's ``cu_seq_lens``, so each document attends only to itself, exactly as if it ran alone. The
+first token of each document gets no label: it would be predicted from the previous document.
 """
 
 from __future__ import annotations
@@ -31,6 +31,24 @@ def pack_greedy(lengths: list[int], block_size: int) -> list[list[int]]:
     return blocks
 
 
+def cu_seq_lens(lengths: list[list[int]], width: int) -> tuple[torch.Tensor, int]:
+    """Document boundaries over the flattened rows, and the longest document.
+
+    Args:
+        lengths: Per row, the lengths of its documents in order; the rest of the row up to ``width`` is padding,
+            counted as one more document.
+        width: The row length ``T``.
+    """
+    bounds, longest, start = [0], 1, 0
+    for row in lengths:
+        for n in [*row, width - sum(row)]:
+            if n > 0:
+                start += n
+                bounds.append(start)
+                longest = max(longest, n)
+    return torch.tensor(bounds, dtype=torch.int32), longest
+
+
 def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[str], pad_id: int = 0) -> dict:
     """A batch of packed blocks: documents end to end, positions restarting per document.
 
@@ -41,8 +59,11 @@ def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[s
 
     Returns:
         ``input_ids``, ``position_ids``, ``labels`` (-100 on padding and on each document's first token),
-        ``token_task`` [B, T] and ``task_names``; no ``attention_mask`` (the positions define the documents).
+        ``token_task`` [B, T], ``task_names``, and for the varlen kernels ``cu_seq_lens`` (document boundaries over
+        the flattened rows) and ``max_length`` (the longest document); no ``attention_mask`` (the positions define
+        the documents).
     """
+
     width = max(sum(len(ids) for ids, _ in block) for block in blocks)
     shape = (len(blocks), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -60,5 +81,6 @@ def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[s
             token_task[row, start:end] = index[task]
             start = end
         position_ids[row, start:] = torch.arange(width - start)  # the padding: one more document
+    bounds, longest = cu_seq_lens([[len(ids) for ids, _ in block] for block in blocks], width)
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "token_task": token_task,
-            "task_names": list(task_names)}
+            "task_names": list(task_names), "cu_seq_lens": bounds, "max_length": longest}

@@ -21,31 +21,52 @@ from anygpt import AnyGPTError
 log = logging.getLogger(__name__)
 
 
-def read_jsonl_examples(files: list[str], build, seed: int) -> tuple[list[tuple[list[int], str]], list[str]]:
-    """Build ``(ids, task)`` examples from JSONL files with ``build(record, rng)``.
+def _records(path: Path):
+    """``(line or record number, record or the error it raised)`` per record of a JSONL file or binary shard."""
+    from anygpt.data.shards import BinaryShard, shard_stem, token_string
+
+    stem = shard_stem(path)
+    if path.suffix != ".jsonl" and stem.with_name(stem.name + ".meta.json").is_file():
+        shard = BinaryShard(stem)
+        tags = [shard.meta[key] for key in ("token_prefix", "start_tag", "end_tag")]
+        for number, (codes, text) in enumerate(shard, start=1):
+            yield number, {"text": text, shard.meta["modality"]: token_string(codes, *tags)}
+        return
+    if not path.is_file():
+        raise AnyGPTError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                record = AnyGPTError(f"bad JSON ({err.msg} at column {err.colno})")
+            else:
+                if not isinstance(record, dict):
+                    record = AnyGPTError("not a JSON object")
+            yield number, record
+
+
+def read_examples(files: list[str], build, seed: int) -> tuple[list[tuple[list[int], str]], list[str]]:
+    """Build ``(ids, task)`` examples with ``build(record, rng)`` from JSONL files or binary token shards.
+
+    A binary shard (``anygpt.data.shards``) is named by any of its files or its ``NAME``; its records are read
+    from the memory-mapped codes as if they were AnyGPT JSONL records.
 
     Returns the examples and one ``file:line: reason`` message per malformed record (skipped, never fatal).
     """
     examples, problems = [], []
     for file in files:
         path = Path(file)
-        if not path.is_file():
-            raise AnyGPTError(f"data file not found: {path}")
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                rng = random.Random(f"{seed}:{path.name}:{number}")
-                try:
-                    try:
-                        record = json.loads(line)
-                    except ValueError as err:
-                        raise AnyGPTError(f"bad JSON ({err.msg} at column {err.colno})") from None
-                    if not isinstance(record, dict):
-                        raise AnyGPTError("not a JSON object")
-                    examples.append(build(record, rng))
-                except (ValueError, AnyGPTError) as err:
-                    problems.append(f"{path}:{number}: {err}")
+        for number, record in _records(path):
+            rng = random.Random(f"{seed}:{path.name}:{number}")
+            try:
+                if isinstance(record, Exception):
+                    raise record
+                examples.append(build(record, rng))
+            except (ValueError, AnyGPTError) as err:
+                problems.append(f"{path}:{number}: {err}")
     for problem in problems[:20]:
         log.warning("skipped %s", problem)
     if len(problems) > 20:
@@ -111,11 +132,11 @@ class PairedJsonlDataModule(LightningDataModule):
             raise AnyGPTError("data.val_files is empty: validate needs at least one JSONL file")
         self.pad_id = model.tokenizer.pad_id
         if stage == "fit":
-            self.train, bad = read_jsonl_examples(self.train_files, build, self.seed)
+            self.train, bad = read_examples(self.train_files, build, self.seed)
             self.problems += bad
             if not self.train:
                 raise AnyGPTError(f"no usable records in {self.train_files} ({len(bad)} malformed)")
-        self.val, bad = read_jsonl_examples(self.val_files, build, self.seed)
+        self.val, bad = read_examples(self.val_files, build, self.seed)
         self.problems += bad
 
     def _loader(self, data, shuffle: bool) -> DataLoader:

@@ -1,9 +1,10 @@
 """Stage-1 pretraining data: a weighted mixture of AnyGPT-format datasets, packed into blocks.
 
-Each dataset is a list of JSONL files of ``{"text": ..., "<modality>": "<so..>...<eo..>"}`` records with a sampling
-weight and its own probability of the modality->text direction (the original meant per-dataset probabilities but
-passed them to the wrong argument, so every dataset got 0.5 and image generation lost its ``</s>``). Every
-sequence ends in ``</s>``; sequences are packed whole into blocks with no attention across documents.
+Each dataset is a list of JSONL files or binary token shards of ``{"text": ..., "<modality>": "<so..>...<eo..>"}``
+records with a sampling weight and its own probability of the modality->text direction (the original meant
+per-dataset probabilities but passed them to the wrong argument, so every dataset got 0.5 and image generation
+lost its ``</s>``). Every sequence ends in ``</s>``; sequences are packed whole into blocks with no attention
+across documents.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
 from anygpt.data.packing import collate_packed, pack_greedy
-from anygpt.data.pairs import read_jsonl_examples
+from anygpt.data.pairs import read_examples
 
 
 def _check_specs(specs: list[dict], where: str) -> list[dict]:
@@ -47,7 +48,8 @@ class PretrainDataModule(LightningDataModule):
     devices split the blocks). Validation packs every validation example once, in file order.
 
     Args:
-        datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each.
+        datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each; files are
+            AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``).
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
         batch_size: Blocks per batch.
@@ -74,7 +76,7 @@ class PretrainDataModule(LightningDataModule):
         def build(record, rng):
             return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"])
 
-        examples, problems = read_jsonl_examples(spec["files"], build, self.seed)
+        examples, problems = read_examples(spec["files"], build, self.seed)
         self.problems += problems
         return examples
 

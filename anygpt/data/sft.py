@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
-from anygpt.data.pairs import collate_labelled, read_jsonl_examples
+from anygpt.data.pairs import collate_labelled, read_examples
 
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
           "speech, images and audio.")
@@ -106,13 +106,13 @@ class SFTDataModule(LightningDataModule):
         if stage == "fit":
             if not self.train_files:
                 raise AnyGPTError("data.train_files is empty: fit needs at least one JSONL file")
-            self.train, bad = read_jsonl_examples(self.train_files, build, self.seed)
+            self.train, bad = read_examples(self.train_files, build, self.seed)
             self.problems += bad
             if not self.train:
                 raise AnyGPTError(f"no usable conversations in {self.train_files} ({len(bad)} malformed)")
         if stage == "validate" and not self.val_files:
             raise AnyGPTError("data.val_files is empty: validate needs at least one JSONL file")
-        self.val, bad = read_jsonl_examples(self.val_files, build, self.seed)
+        self.val, bad = read_examples(self.val_files, build, self.seed)
         self.problems += bad
 
     def _loader(self, data, shuffle: bool) -> DataLoader:

@@ -376,3 +376,17 @@ def test_reduced_precision_runs_on_cpu(image_paths, small):
     assert codec.model.query_tokens.dtype == torch.bfloat16
     assert codes.shape == (32,) and codes.max() < 8192
     assert codec.codebook_entry(codes[None]).shape == (1, 32)
+
+
+def test_half_precision_attention_uses_fused_kernels_and_agrees_with_float32():
+    from anygpt.tokenizers.seed.vit import EvaAttention
+
+    torch.manual_seed(0)
+    attention = EvaAttention(64, 4)
+    torch.nn.init.normal_(attention.q_bias)
+    torch.nn.init.normal_(attention.v_bias)
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        reference = attention(x)
+        half = attention.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    torch.testing.assert_close(half, reference, atol=3e-2, rtol=3e-2)

@@ -52,9 +52,12 @@ class EvaAttention(nn.Module):
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        q = q * self.scale  # before the product, as the reference (the rounding differs from scaling after)
-        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        if q.dtype in (torch.float16, torch.bfloat16):  # fused kernels; float32 keeps the reference's rounding
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            q = q * self.scale  # before the product, as the reference (the rounding differs from scaling after)
+            out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class EvaBlock(nn.Module):
