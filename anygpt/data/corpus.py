@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 from anygpt.data.shards import ShardWriter, shard_finished
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,6 @@ class CorpusDataModule(LightningDataModule):
                           num_workers=self.num_workers)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    message = text[0] if text else type(err).__name__
-    return message if isinstance(err, AnyGPTError) else f"{type(err).__name__}: {message}"
-
-
 class CorpusTokenizer(LightningModule):
     """Encodes batches of media files to codec-local codes with one codec (frozen, inference only).
 
@@ -194,7 +189,7 @@ class CorpusTokenizer(LightningModule):
                 codes = encoded[i] if encoded is not None else self.codec.encode([item["path"]])[0]
                 results[i]["codes"] = self._check(codes.reshape(-1).cpu())
             except Exception as err:
-                results[i]["error"] = f"{item['where']}: {item['path']}: {_one_line(err)}"
+                results[i]["error"] = f"{item['where']}: {item['path']}: {one_line(err, with_type=True)}"
         return results
 
     def _check(self, codes):

@@ -11,20 +11,7 @@ import numpy as np
 import torch
 
 from anygpt import AnyGPTError
-
-
-def _describe(source: Any) -> str:
-    """How an audio source is named in error messages."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<audio bytes, {len(source)} bytes>"
-    return str(getattr(source, "name", None) or f"<{type(source).__name__} object>")
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(getattr(err, "error_string", None) or err).split())  # libsndfile's reason, no prefix
-    return text or type(err).__name__
+from anygpt.messages import describe_source, one_line
 
 
 def read_audio(
@@ -47,7 +34,7 @@ def read_audio(
     """
     import soundfile as sf
 
-    name = _describe(source)
+    name = describe_source(source, "audio")
     if offset_seconds < 0:
         raise AnyGPTError(f"audio offset must be >= 0 seconds, got {offset_seconds} for {name}")
     if duration_seconds is not None and duration_seconds <= 0:
@@ -80,7 +67,7 @@ def read_audio(
     except AnyGPTError:
         raise
     except Exception as err:  # libsndfile: unknown format, truncated or corrupt file
-        raise AnyGPTError(f"cannot read audio from {name}: {_one_line(err)}") from err
+        raise AnyGPTError(f"cannot read audio from {name}: {one_line(err)}") from err
     if data.shape[0] == 0:
         raise AnyGPTError(f"audio file {name} holds no samples")
     return torch.from_numpy(np.ascontiguousarray(data.T)), rate

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from anygpt import AnyGPTError
+from anygpt.messages import describe_source, one_line
 from anygpt.tokenizers.base import BaseCodec
 from anygpt.tokenizers.seed.model import SeedQuantizer, load_parts
 
@@ -138,7 +139,7 @@ class SeedImageCodec(BaseCodec):
             AnyGPTError: Missing file, folder, empty or unreadable data, or more than ``max_pixels`` pixels
                 (checked from the header, before the pixels are decoded). One line naming the source.
         """
-        name = _describe(source)
+        name = describe_source(source)
         if isinstance(source, Image.Image):
             self._check_size(source.size, name)
             return _to_rgb(source, name)
@@ -155,7 +156,7 @@ class SeedImageCodec(BaseCodec):
         except Image.DecompressionBombError as err:
             raise AnyGPTError(f"the image {name} is too large ({err}); the limit is {self.max_pixels} pixels") from err
         except Exception as err:  # PIL raises many types for bad data: all end as one line
-            raise AnyGPTError(f"cannot read the image {name}: {type(err).__name__}: {_first_line(err)}") from err
+            raise AnyGPTError(f"cannot read the image {name}: {type(err).__name__}: {one_line(err)}") from err
 
     def _check_size(self, size: tuple[int, int], name: str) -> None:
         width, height = size
@@ -169,7 +170,7 @@ class SeedImageCodec(BaseCodec):
         rows = []
         for item in images:
             if isinstance(item, Image.Image) and item.mode == "RGB":
-                self._check_size(item.size, _describe(item))
+                self._check_size(item.size, describe_source(item))
                 rgb = item
             else:
                 rgb = self.load(item)
@@ -299,7 +300,7 @@ def _read_weights(source: str | os.PathLike | dict | None, what: str) -> tuple[o
         return torch.load(path, map_location="cpu", weights_only=True), str(path)
     except Exception as err:
         raise AnyGPTError(f"cannot read the SEED {what} weights {path}: {type(err).__name__}: "
-                          f"{_first_line(err)}") from err
+                          f"{one_line(err)}") from err
 
 
 def _unclip_class():
@@ -310,16 +311,6 @@ def _unclip_class():
             raise
         raise AnyGPTError("decoding images needs anygpt.decoders.unclip, which this installation lacks") from err
     return UnCLIPDecoder
-
-
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    if isinstance(source, Image.Image):
-        return f"<PIL {source.mode} image {source.size[0]}x{source.size[1]}>"
-    return str(getattr(source, "name", f"<{type(source).__name__}>"))
 
 
 def _open_source(source: Any, name: str) -> Any:
@@ -349,8 +340,4 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
             warnings.simplefilter("ignore", UserWarning)  # "palette images with transparency ...": dropped, as PIL
             return image.convert("RGB")
     except Exception as err:
-        raise AnyGPTError(f"cannot convert the image {name} ({image.mode}) to RGB: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:200]
+        raise AnyGPTError(f"cannot convert the image {name} ({image.mode}) to RGB: {one_line(err)}") from err
