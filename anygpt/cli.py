@@ -13,7 +13,7 @@ import functools
 import sys
 import warnings
 
-USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize} --config CONFIG.yaml [--section.key VALUE ...]
+USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat} --config CONFIG.yaml [--section.key VALUE ...]
 
 AnyGPT: one language model that reads and writes text, speech, image and music tokens.
 
@@ -23,6 +23,7 @@ subcommands:
   validate   report loss and perplexity per task on validation JSONL
   test       as validate, on the test split
   tokenize   encode a corpus (manifest of media + text) into token shards, resumable, on CPU or N GPUs
+  chat       talk to the model interactively: type messages, attach image/speech/music files, hear replies
 
 examples:
   anygpt predict --config configs/tiny.yaml
@@ -30,6 +31,8 @@ examples:
   anygpt predict --config configs/base.yaml --print_config
   anygpt fit --config tests/configs/fit_tiny.yaml
   anygpt tokenize --config configs/tokenize/speech.yaml --data.manifest my_corpus.jsonl
+  anygpt predict --config configs/chat.yaml --data.init_args.conversations_file my_conversations.jsonl
+  anygpt chat --config configs/chat.yaml
 
 Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 """
@@ -129,6 +132,11 @@ def main(args: list[str] | None = None) -> None:
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
             warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
             _tokenize_cli_class()(args=argv[1:])
+        elif argv[0] == "chat":
+            from anygpt.chat_shell import run_chat
+
+            warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+            run_chat(argv[1:])
         else:
             _cli_class()(args=args)
     except AnyGPTError as err:

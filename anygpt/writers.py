@@ -71,13 +71,15 @@ class MediaWriter(BasePredictionWriter):
 
     def write_response(self, response: dict[str, Any]) -> dict[str, Any]:
         """Write one response's files; returns its manifest record."""
+        if "replies" in response:
+            return self.write_conversation(response)
         record = {k: v for k, v in response.items() if k not in ("media",)}
         if response.get("status") == "ok":
             try:
                 stem = safe_stem(f"{response['index']:04d}", f"{response['source']}2{response['target']}",
                                  _content_hint(response))
                 if "media" in response:
-                    record["file"] = str(self._write_media(stem, response["media"], response.get("sample_rate")))
+                    record["file"] = str(self.write_media(stem, response["media"], response.get("sample_rate")))
                 elif "text" in response and self.write_text_files:
                     path, handle = create_unique(self.output_dir, stem, ".txt")
                     with handle:
@@ -88,7 +90,34 @@ class MediaWriter(BasePredictionWriter):
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
         return record
 
-    def _write_media(self, stem: str, media, sample_rate: int | None) -> Path:
+    def write_conversation(self, response: dict[str, Any]) -> dict[str, Any]:
+        """Write every reply of a chat conversation (text, then each media span); returns its manifest record.
+
+        A conversation that failed after some replies keeps them: they are written and listed with its error.
+        """
+        record = {k: v for k, v in response.items() if k != "replies"}
+        record["replies"] = []
+        for reply in response["replies"]:
+            line = {k: v for k, v in reply.items() if k != "media"}
+            stem = safe_stem(f"{response['index']:04d}", "chat", str(response.get("id", "")), f"turn{reply['turn']}")
+            try:
+                if self.write_text_files:
+                    path, handle = create_unique(self.output_dir, stem, ".txt")
+                    with handle:
+                        handle.write((reply["text"] + "\n").encode("utf-8"))
+                    line["file"] = str(path)
+                line["media"] = [{"modality": item["modality"], "codes": item["codes"],
+                                  "file": str(self.write_media(f"{stem}_{item['modality']}", item["media"],
+                                                                item.get("sample_rate")))}
+                                 for item in reply["media"]]
+            except Exception as err:  # noqa: BLE001 - a failed write fails this conversation only
+                record.update(status="error", error=f"conversation {response.get('id')}: cannot write output: {err}")
+            record["replies"].append(line)
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        return record
+
+    def write_media(self, stem: str, media, sample_rate: int | None) -> Path:
+        """Write a PIL image as ``.jpg`` or a waveform as 16-bit ``.wav``; returns the new file's path."""
         if hasattr(media, "save") and hasattr(media, "size"):  # a PIL image
             path, handle = create_unique(self.output_dir, stem, ".jpg")
             with handle:

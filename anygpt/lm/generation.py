@@ -60,6 +60,9 @@ DEFAULT_PRESETS: dict[str, GenerationPreset] = {
     "image": GenerationPreset(max_new_tokens=200),
     "speech": GenerationPreset(max_new_tokens=1500, repetition_penalty=1.05),
     "music": GenerationPreset(top_k=200, max_new_tokens=2000, repetition_penalty=1.15),
+    # Chat: the text segments of a reply, and its whole budget (a reply may carry a 30-s spoken answer). The
+    # original's generate_config.json beam-sampled with 5 beams over 500 tokens; here it is plain sampling.
+    "chat": GenerationPreset(max_new_tokens=2048),
 }
 
 
@@ -211,7 +214,8 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
     Args:
         model: A HF causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
         prompts: Token ids of each prompt (BOS included).
-        presets: Sampling preset of each row.
+        presets: Preset of each row: its token budget, and its sampling unless the row's grammar has a
+            ``preset`` of its own at that step (chat replies switch presets between text and media spans).
         grammars: Grammar of each row (updated in place).
         seeds: Seed of each row's random generator.
         pad_id: Id used for left padding and for rows that have finished.
@@ -244,9 +248,10 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
         allowed = _grammar_mask(grammars, logits.shape[1], device)
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
-        logits = _filter_logits(logits, history, presets)
+        current = [getattr(g, "preset", None) or p for g, p in zip(grammars, presets)]
+        logits = _filter_logits(logits, history, current)
         next_ids = torch.empty(batch, dtype=torch.long, device=device)
-        for i, preset in enumerate(presets):
+        for i, preset in enumerate(current):
             if preset.do_sample:
                 next_ids[i] = torch.multinomial(logits[i].softmax(-1), 1, generator=generators[i])[0]
             else:

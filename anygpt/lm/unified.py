@@ -14,7 +14,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from anygpt import AnyGPTError
+from anygpt.data.chat import Conversation
 from anygpt.data.requests import Request
+from anygpt.lm.chat_session import answer
 from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, generate
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
@@ -153,7 +155,10 @@ class UnifiedLM(LightningModule):
     # ----------------------------------------------------------------- prediction
 
     def predict_step(self, batch: list[Request], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
-        """Answer a batch of requests; a request that fails gets ``status: error`` and the rest go on."""
+        """Answer a batch of requests (or of chat conversations); one that fails gets ``status: error`` and the
+        rest go on."""
+        if batch and isinstance(batch[0], Conversation):
+            return answer(self, batch)
         responses, jobs = [], []
         for request in batch:
             response = {"index": request.index, "request": request.line, "source": request.source,
@@ -182,6 +187,32 @@ class UnifiedLM(LightningModule):
                 except Exception as err:  # noqa: BLE001
                     _fail(response, request, err)
         return responses
+
+    def chat(self, conversation: Any, max_reply_tokens: int | None = None, drop_history: bool = True) -> dict:
+        """Reply to the last user turn of a conversation (earlier unanswered user turns get replies first).
+
+        Args:
+            conversation: A list of turns (``{"role", "text", "image": path, "speech": [paths], "speak"}``), a
+                conversation object ``{"turns", "seed", "voice_prompt", "id"}``, its JSON, or a ``Conversation``.
+            max_reply_tokens: Token budget of the reply; None: the ``chat`` preset's.
+            drop_history: Drop the oldest exchanges if the context would overflow (else raise).
+
+        Returns:
+            The reply: ``text``, ``media`` (``[{modality, media, codes, sample_rate?}]``, in order), ``truncated``.
+
+        Raises:
+            AnyGPTError: The conversation is invalid or could not be answered (one line naming why).
+        """
+        from anygpt.data.chat import parse_conversation
+
+        if not isinstance(conversation, Conversation):
+            conversation = parse_conversation(conversation, 0, set(self.codecs))
+        if conversation.seed is None:
+            conversation.seed = self.seed
+        response = answer(self, [conversation], max_reply_tokens=max_reply_tokens, drop_history=drop_history)[0]
+        if response["status"] != "ok":
+            raise AnyGPTError(response["error"])
+        return response["replies"][-1]
 
     def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar, dict]:
         known = ["text", *self.codecs]

@@ -1,0 +1,194 @@
+"""Chat in the MMGPT conversation format of the released AnyGPT-chat model (pipeline §3.5).
+
+The prompt is a system line, then ``[Human]: {message}<eoh>\\n`` and ``[MMGPT]: {reply}<eos>\\n`` per exchange,
+ending with ``[MMGPT]:``. A user message is the original's interleaved form: image, music, then speech token
+strings, each followed by a space, then the text; with speech in it, the spoken-command instruction follows.
+Replies are generated under :class:`ReplyGrammar` (text, then any media span filled by its codec's grammar,
+sampled with that modality's preset) and parsed by ids (:func:`parse_reply`); the history keeps each reply's ids as
+generated, not re-parsed text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from anygpt import AnyGPTError
+from anygpt.lm.generation import GenerationPreset
+from anygpt.lm.vocab import TokenRange
+from anygpt.tokenizers.base import check_span, span_can_end
+
+SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
+          "speech, images and audio.")
+VOICE_COMMAND = "Please recognize the voice command and give reply and voice"
+_FIRST, _LAST = ("image", "music"), ("speech",)
+
+
+def user_message(text: str, spans: Sequence[tuple[str, str]]) -> str:
+    """The user turn as the original builds it from its text and ``(modality, token string)`` attachments.
+
+    Images, then music, then other modalities, then speech, each string followed by one space, then the text; with
+    speech present, `` Please recognize the voice command and give reply and voice`` is appended. Stripped.
+    """
+    def rank(modality: str) -> int:
+        return _FIRST.index(modality) if modality in _FIRST else 3 if modality in _LAST else 2
+
+    ordered = sorted(spans, key=lambda item: rank(item[0]))  # stable: the given order within a modality
+    message = "".join(string + " " for _, string in ordered) + text
+    if any(modality == "speech" for modality, _ in spans):
+        message = f"{message} {VOICE_COMMAND}"
+    return message.strip()
+
+
+def chat_prompt_text(history: Sequence[tuple[str, str]], message: str, system: str = SYSTEM) -> str:
+    """The prompt string for ``message`` after ``history`` of ``(user message, reply text)`` exchanges."""
+    past = "".join(f"[Human]: {u}<eoh>\n[MMGPT]: {a}<eos>\n" for u, a in history)
+    return f"{system}\n{past}[Human]: {message}<eoh>\n[MMGPT]:"
+
+
+def chat_prompt_ids(tokenizer, history: Sequence[tuple[str, str | Sequence[int]]], message: str,
+                    system: str = SYSTEM) -> list[int]:
+    """Prompt ids (``<s>`` first). A reply in ``history`` is text, or the ids the model generated for it.
+
+    Segments meet only at added tokens, where the tokenizer splits anyway, so text-only histories give exactly
+    the ids of :func:`chat_prompt_text`.
+    """
+    ids = tokenizer.encode(f"{system}\n", bos=True)
+    for user, reply in history:
+        if isinstance(reply, str):
+            ids += tokenizer.encode(f"[Human]: {user}<eoh>\n[MMGPT]: {reply}<eos>\n", bos=False)
+        else:
+            ids += tokenizer.encode(f"[Human]: {user}<eoh>\n[MMGPT]:", bos=False) + list(reply)
+            ids += tokenizer.encode("<eos>\n", bos=False)
+    return ids + tokenizer.encode(f"[Human]: {message}<eoh>\n[MMGPT]:", bos=False)
+
+
+class ReplyGrammar:
+    """What a chat reply may generate next: text, media spans in any order, then a stop token.
+
+    In text, the text pieces, every codec's start tag and the stop ids are allowed; a start tag opens a span
+    whose codes follow the codec's ``allowed`` and which closes with its end tag once complete. ``preset`` is
+    the sampling preset of the current segment. Modalities in ``require`` must have produced a span before a stop
+    token is allowed (a spoken reply).
+
+    Args:
+        ranges: Token range of each codec modality.
+        codecs: The codecs, by modality.
+        presets: Sampling presets by modality (``text`` for text segments).
+        stop_ids: Ids that end the reply (``<eos>``, ``</s>``).
+        text_ranges: Half-open id ranges of text pieces.
+        require: Modalities the reply must contain.
+        enforce: Apply the grammar; False only watches for stops and tags (to switch presets).
+    """
+
+    def __init__(self, ranges: Mapping[str, TokenRange], codecs: Mapping, presets: Mapping[str, GenerationPreset],
+                 stop_ids: Sequence[int], text_ranges: Sequence[tuple[int, int]], require: Sequence[str] = (),
+                 enforce: bool = True):
+        self.ranges, self.codecs, self.presets = dict(ranges), codecs, presets
+        self.starts = {rng.bos: modality for modality, rng in self.ranges.items()}
+        self.stop_ids, self.enforce = set(stop_ids), enforce
+        self.text_ranges = _without(text_ranges, self.stop_ids)  # stops are added back only when allowed
+        self.require = set(require)
+        self.done: Counter = Counter()
+        self.state, self.modality, self.span_codes = "text", None, 0
+        self.preset = presets["text"]
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "done"
+
+    def allowed(self) -> list[tuple[int, int]] | None:
+        if not self.enforce or self.finished:
+            return None
+        if self.state == "text":
+            spans = self.text_ranges + [(i, i + 1) for i in self.starts]
+            if all(self.done[m] for m in self.require):
+                spans += [(i, i + 1) for i in self.stop_ids]
+            return spans
+        rng, codec = self.ranges[self.modality], self.codecs[self.modality]
+        full = codec.span_length is not None and self.span_codes >= codec.span_length
+        spans = [] if full else [tuple(rng.start + x for x in codec.allowed(self.span_codes))]
+        if span_can_end(codec, self.span_codes):
+            spans.append((rng.eos, rng.eos + 1))
+        return spans
+
+    def blocked_stops(self) -> list[int]:
+        return []
+
+    def step(self, token: int) -> None:
+        if self.state == "text":
+            if token in self.stop_ids:
+                self.state = "done"
+            elif token in self.starts:
+                self.state, self.modality, self.span_codes = "span", self.starts[token], 0
+                self.preset = self.presets.get(self.modality, self.presets["text"])
+        elif token == self.ranges[self.modality].eos:
+            self.done[self.modality] += 1
+            self.state, self.modality, self.preset = "text", None, self.presets["text"]
+        elif token in self.stop_ids and not self.enforce:
+            self.state = "done"
+        else:
+            self.span_codes += 1
+
+
+def _without(ranges: Sequence[tuple[int, int]], ids: set[int]) -> list[tuple[int, int]]:
+    """Half-open ranges with the given ids cut out."""
+    out = []
+    for low, high in ranges:
+        for i in sorted(i for i in ids if low <= i < high):
+            out.append((low, i))
+            low = i + 1
+        out.append((low, high))
+    return [(low, high) for low, high in out if low < high]
+
+
+@dataclass
+class ParsedReply:
+    """A reply read from its ids: the text (its runs joined by a space), its media spans in order, the ids
+    before the stop token (what the history keeps), and whether the token budget cut it."""
+
+    text: str
+    spans: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    truncated: bool = False
+
+
+def parse_reply(ids: Sequence[int], tokenizer, ranges: Mapping[str, TokenRange], codecs: Mapping,
+                stop_ids: Sequence[int]) -> ParsedReply:
+    """Split generated ids into text and media spans, up to the first stop token.
+
+    A span cut by the budget keeps its longest complete prefix (dropped if there is none); a span whose codes
+    break its codec's grammar raises ``ValueError`` (possible only with the grammar off).
+    """
+    stop = next((i for i, t in enumerate(ids) if t in set(stop_ids)), None)
+    body = list(ids if stop is None else ids[:stop])
+    starts = {rng.bos: modality for modality, rng in ranges.items()}
+    texts, spans, run, i, kept = [], [], [], 0, len(body)
+    while i < len(body):
+        token = body[i]
+        if token not in starts:
+            run.append(token)
+            i += 1
+            continue
+        texts.append(run)
+        run, modality = [], starts[token]
+        rng, codec = ranges[modality], codecs[modality]
+        end = next((j for j in range(i + 1, len(body)) if body[j] == rng.eos), None)
+        inner = body[i + 1: len(body) if end is None else end]
+        foreign = [t for t in inner if not rng.start <= t < rng.stop]
+        if foreign:
+            raise AnyGPTError(f"the {rng.start_tag} span holds a foreign token id {foreign[0]}")
+        codes = rng.from_lm(inner)
+        if end is None:
+            kept = i  # the history leaves out a span that never closed
+            keep = max((n for n in range(len(codes), 0, -1) if span_can_end(codec, n)), default=0)
+            codes = codes[:keep]
+        if len(codes):
+            spans.append((modality, check_span(codec, codes)))
+        i = len(body) if end is None else end + 1
+    texts.append(run)
+    text = " ".join(t for t in (tokenizer.decode(r, skip_special_tokens=True).strip() for r in texts) if t)
+    return ParsedReply(text=text, spans=spans, ids=body[:kept], truncated=stop is None)
