@@ -6,7 +6,6 @@ given as its token string. The model turns each record into a base-template sequ
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from functools import partial
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def _records(path: Path):
     """``(line or record number, record or the error it raised)`` per record of a JSONL file or binary shard."""
-    from anygpt.data.shards import BinaryShard, shard_stem, token_string
+    from anygpt.data.shards import BinaryShard, json_lines, shard_stem, token_string
 
     stem = shard_stem(path)
     if path.suffix != ".jsonl" and stem.with_name(stem.name + ".meta.json").is_file():
@@ -34,18 +33,8 @@ def _records(path: Path):
         return
     if not path.is_file():
         raise AnyGPTError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                record = AnyGPTError(f"bad JSON ({err.msg} at column {err.colno})")
-            else:
-                if not isinstance(record, dict):
-                    record = AnyGPTError("not a JSON object")
-            yield number, record
+    for number, record in json_lines(path):
+        yield number, record if isinstance(record, (dict, AnyGPTError)) else AnyGPTError("not a JSON object")
 
 
 def read_examples(files: list[str], build, seed: int) -> tuple[list[tuple[list[int], str]], list[str]]:

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -233,6 +233,17 @@ def is_jsonl_shard(path: str | os.PathLike) -> bool:
     return name.endswith(".jsonl") and not name.endswith(".texts.jsonl")
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` per non-blank line; a line that is not JSON gives an ``AnyGPTError``."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except ValueError as err:
+                    yield number, AnyGPTError(f"bad JSON ({err.msg} at column {err.colno})")
+
+
 def read_jsonl_shard(path: str | os.PathLike, problems: list[str] | None = None) -> Iterator[tuple[np.ndarray, str, dict]]:
     """``(codes int64, text, info)`` per valid record; malformed lines are logged as ``file:line: reason``.
 
@@ -240,26 +251,24 @@ def read_jsonl_shard(path: str | os.PathLike, problems: list[str] | None = None)
     are skipped and appended to ``problems`` when given.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError("not a record with a 'text' string")
-                keys = [k for k in record if k != "text"]
-                if len(keys) != 1:
-                    raise ValueError(f"expected one modality key besides 'text', got {keys}")
-                codes, prefix, start, end = parse_token_string(record[keys[0]])
-            except ValueError as err:
-                problem = f"{path}:{number}: {err}"
-                log.warning("skipped %s", problem)
-                if problems is not None:
-                    problems.append(problem)
-                continue
-            info = {"modality": keys[0], "token_prefix": prefix, "start_tag": start, "end_tag": end}
-            yield codes, record["text"], info
+    for number, record in json_lines(path):
+        try:
+            if isinstance(record, AnyGPTError):
+                raise ValueError(str(record))
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError("not a record with a 'text' string")
+            keys = [k for k in record if k != "text"]
+            if len(keys) != 1:
+                raise ValueError(f"expected one modality key besides 'text', got {keys}")
+            codes, prefix, start, end = parse_token_string(record[keys[0]])
+        except ValueError as err:
+            problem = f"{path}:{number}: {err}"
+            log.warning("skipped %s", problem)
+            if problems is not None:
+                problems.append(problem)
+            continue
+        info = {"modality": keys[0], "token_prefix": prefix, "start_tag": start, "end_tag": end}
+        yield codes, record["text"], info
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, str]]:
