@@ -153,3 +153,44 @@ def test_fit_with_packed_attention_and_compile_learns(tmp_path):
     assert all(layer._compiled_call_impl is not None for layer in model.backbone.model.layers)
     start, end = sum(log.losses[:3]) / 3, sum(log.losses[-3:]) / 3
     assert len(log.losses) == 40 and end < 0.5 * start, (start, end)
+
+
+def test_tiny_chat_on_gpu(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    main(["predict", "--config", str(ROOT / "configs" / "chat_tiny.yaml"), "--trainer.accelerator", "gpu",
+          "--trainer.callbacks+=anygpt.writers.MediaWriter", "--trainer.callbacks.output_dir", str(tmp_path)])
+    lines = [json.loads(l) for l in next(tmp_path.glob("predictions*.jsonl")).read_text().splitlines()]
+    assert [l["status"] for l in lines] == ["ok"] * 4 and all(l["replies"] for l in lines)
+
+
+def test_fast_decode_on_gpu_matches_the_python_loop_greedy_and_is_seeded():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import sys
+
+    from anygpt.lm.fast_decode import fast_generate
+    from anygpt.lm.generation import generate
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generate_speed import job, setup_vocab
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49418, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=1024)).cuda().eval()
+    layout, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+    prompts = [[1, 5, 9, 33], [1, 8], [1, 40, 41, 42, 43, 44]]
+
+    def rows(sample: bool):
+        made = [job(layout, rules, t, b, stops) for t, b in [("image", 40), ("music", 300), ("speech", 20)]]
+        for preset, grammar in made:
+            preset.do_sample, preset.min_new_tokens, grammar.min_new_tokens = sample, 0, 0
+        return [m[0] for m in made], [m[1] for m in made]
+
+    slow = generate(model, prompts, *rows(False), [0, 1, 2], fast=False)
+    fast = generate(model, prompts, *rows(False), [0, 1, 2])  # the fast path on CUDA (crosses a cache bucket)
+    assert fast == slow
+    first = fast_generate(model, prompts, *rows(True), [5, 6, 7])
+    alone = fast_generate(model, prompts[1:2], *[r[1:2] for r in rows(True)], [6])
+    assert first[1] == alone[0] and first != fast_generate(model, prompts, *rows(True), [8, 9, 10])

@@ -200,7 +200,7 @@ def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequenc
     if (top_p < 1).any():
         ordered, order = logits.sort(dim=1, descending=True)
         probs = ordered.softmax(dim=1)
-        drop = (probs.cumsum(dim=1) - probs) >= top_p  # mass before this token already reaches top_p
+        drop = ((probs.cumsum(dim=1) - probs) >= top_p) & (top_p < 1)  # rows with top_p 1 keep every token
         drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return logits
@@ -208,8 +208,12 @@ def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequenc
 
 @torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
-             grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0) -> list[list[int]]:
+             grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
+             fast: bool | None = None) -> list[list[int]]:
     """Generate for a batch of prompts, each row with its own preset, grammar and seed.
+
+    On CUDA a LLaMA backbone with span grammars runs ``anygpt.lm.fast_decode.fast_generate`` (static cache, CUDA
+    graphs, sampling on the GPU from counter-based random numbers); elsewhere, and for other grammars, this loop.
 
     Args:
         model: A HF causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
@@ -219,11 +223,16 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
         grammars: Grammar of each row (updated in place).
         seeds: Seed of each row's random generator.
         pad_id: Id used for left padding and for rows that have finished.
+        fast: Force the fast path on (any device) or off; None: on where it applies on CUDA.
 
     Returns:
         The generated ids of each row, stop or end token included when one was generated.
     """
     device = next(model.parameters()).device
+    if fast or (fast is None and device.type == "cuda"):
+        out = _fast(model, prompts, presets, grammars, seeds, pad_id)
+        if out is not None:
+            return out
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -269,3 +278,11 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
         mask = torch.cat([mask, live_t.long()[:, None]], dim=1)
         position = position[:, -1:] + 1
     return outputs
+
+
+def _fast(model, prompts, presets, grammars, seeds, pad_id) -> list[list[int]] | None:
+    if getattr(model.config, "model_type", None) != "llama" or not all(isinstance(g, SpanGrammar) for g in grammars):
+        return None
+    from anygpt.lm.fast_decode import fast_generate
+
+    return fast_generate(model, prompts, presets, grammars, seeds, pad_id=pad_id)

@@ -1,0 +1,193 @@
+"""LM decode speed: the original's path (transformers ``generate``, dynamic cache) against ours, side by side.
+
+The model is a LLaMA-2-7B shape with random bf16 weights and a 53k vocabulary. Rows, each timed after a warm-up
+run of the same shape (CUDA graphs captured, caches warm):
+
+- reference: ``model.generate`` with the original's speech sampling (top-k 50, repetition penalty 1.05), batch 1;
+- ours, python loop: ``anygpt.lm.generation.generate`` (dynamic cache, host-side grammar and sampling), batch 1;
+- ours, fast: ``anygpt.lm.fast_decode.fast_generate`` (static cache, CUDA graphs, grammar and sampling on the
+  GPU) at batch 1, 8, 16, 32 and 64, rows with mixed targets and presets (speech, music, image, text);
+- a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path;
+- prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token.
+
+Every generation is held to its full budget (``min_new_tokens``) so rows are comparable. The roofline is the
+weight bytes over the measured device copy bandwidth (one token per step reads every weight once). The same run
+checks, by teacher forcing, that our logits match the transformers model's (bf16 tolerance; ids are not compared,
+as random weights make near-ties flip).
+
+    python benchmarks/generate_speed.py --device cuda         # prints a table, writes JSON
+    python benchmarks/generate_speed.py --device cpu --quick  # tiny shape, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from timing import device_name, sync, write_json
+
+VOCAB = 53_000
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, max_position_embeddings=4096),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=4096),
+}
+
+
+class Rule:
+    """The span rule of a codec (what the grammar needs), without its networks."""
+
+    def __init__(self, modality: str, size: int, span_length: int | None = None, layers: int = 1):
+        self.modality, self.size, self.span_length, self.layers = modality, size, span_length, layers
+
+    def allowed(self, position: int) -> tuple[int, int]:
+        width = self.size // self.layers
+        return (position % self.layers) * width, (position % self.layers + 1) * width
+
+    def can_end(self, length: int) -> bool:
+        return length == self.span_length if self.span_length else length > 0 and length % self.layers == 0
+
+
+def setup_vocab():
+    from anygpt.lm.vocab import VocabLayout
+
+    layout = VocabLayout(32000)
+    rules = {"image": Rule("image", 8192, 32), "speech": Rule("speech", 1024), "music": Rule("music", 8192, layers=4)}
+    tags = {"image": ("👀", "<soim>", "<eoim>"), "speech": ("🗣️", "<sosp>", "<eosp>"), "music": ("🎶", "<somu>", "<eomu>")}
+    for name, rule in rules.items():
+        prefix, start, end = tags[name]
+        layout.register(name, prefix, rule.size, start, end)
+    return layout, rules
+
+
+def job(layout, rules, target: str, tokens: int, stop_ids):
+    """Preset and grammar of a row that must generate exactly ``tokens`` tokens."""
+    from anygpt.lm.generation import DEFAULT_PRESETS, GenerationPreset, SpanGrammar
+
+    base = DEFAULT_PRESETS[target].__dict__ | {"max_new_tokens": tokens, "min_new_tokens": tokens}
+    preset = GenerationPreset(**base)
+    grammar = SpanGrammar(layout.ranges.get(target), rules.get(target), stop_ids=stop_ids, lead_in_ids=[29871],
+                          min_new_tokens=tokens, text_ranges=[(0, 32000)])
+    return preset, grammar
+
+
+def timed(fn, device: str) -> tuple[float, object]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny shape (CPU smoke run)")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
+    args = parser.parse_args()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anygpt.lm.fast_decode import StaticLlama, fast_generate
+    from anygpt.lm.generation import generate
+
+    dev, quick = args.device, args.quick
+    if quick:
+        args.new_tokens, args.batches = 24, [1, 4]
+    shape = SHAPES["tiny" if quick else "7b"]
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(dev):
+        model = LlamaForCausalLM(LlamaConfig(**shape, vocab_size=VOCAB)).eval()
+    torch.set_default_dtype(previous)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    layout, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+    n = args.new_tokens
+    results = {"benchmark": "generate_speed", "device": device_name(dev), "quick": quick, "params": weight_bytes // 2,
+               "vocab": VOCAB, "new_tokens": n, "rows": []}
+
+    def add(what, batch, seconds, tokens, **extra):
+        row = {"what": what, "batch": batch, "seconds": seconds, "tokens_per_s": tokens / seconds, **extra}
+        results["rows"].append(row)
+        print(f"{what:<44} {batch:>5} {seconds:>9.3f} {tokens / seconds:>11.1f}", flush=True)
+
+    if dev == "cuda":  # roofline: weights read once per step at the measured copy bandwidth
+        block = torch.empty(2 * 2**30, dtype=torch.uint8, device=dev)
+        copy = torch.empty_like(block)
+        copy.copy_(block)
+        seconds, _ = timed(lambda: [copy.copy_(block) for _ in range(10)], dev)
+        bandwidth = 2 * block.numel() * 10 / seconds
+        results["copy_bandwidth_gbs"] = bandwidth / 1e9
+        results["roofline_tokens_per_s"] = bandwidth / weight_bytes
+        del block, copy
+    prompt = [1] + torch.randint(3, 32000, (99,), generator=torch.Generator().manual_seed(1)).tolist()
+    print(f"{'path':<44} {'batch':>5} {'seconds':>9} {'tokens/s':>11}")
+
+    ids = torch.tensor([prompt], device=dev)
+    settings = dict(do_sample=True, top_k=50, top_p=1.0, temperature=1.0, repetition_penalty=1.05,
+                    max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+    model.generate(ids, **{**settings, "max_new_tokens": 8, "min_new_tokens": 8})
+    seconds, _ = timed(lambda: model.generate(ids, **settings), dev)
+    add("reference: transformers generate, dynamic", 1, seconds, n)
+
+    preset, grammar = job(layout, rules, "speech", n, stops)
+    generate(model, [prompt], [preset], [job(layout, rules, "speech", 8, stops)[1]], [0])
+    seconds, _ = timed(lambda: generate(model, [prompt], [preset], [grammar], [0]), dev)
+    add("ours: python loop (dynamic cache)", 1, seconds, n)
+
+    targets = ["speech", "music", "image", "text"]
+    for batch in args.batches:
+        def run(batch=batch):
+            made = [job(layout, rules, targets[i % 4], n, stops) for i in range(batch)]
+            return fast_generate(model, [prompt] * batch, [m[0] for m in made], [m[1] for m in made],
+                                 list(range(batch)))
+        first, _ = timed(run, dev)
+        seconds, out = timed(run, dev)
+        assert out is not None and all(len(o) == n for o in out), "the fast path did not run the full budget"
+        add("ours: fast (static cache, graphs, GPU grammar)", batch, seconds, batch * n, first_run_s=first)
+
+    for what, target, tokens in (("spoken reply, 250 speech codes", "speech", 252), ("text->image, 32 codes", "image", 34)):
+        preset, grammar = job(layout, rules, target, tokens, stops)
+        seconds, out = timed(lambda: fast_generate(model, [prompt], [preset], [grammar], [0]), dev)
+        add(f"ours: {what}", 1, seconds, tokens)
+
+    long_prompt = [1] + torch.randint(32000, 33024, (999,), generator=torch.Generator().manual_seed(2)).tolist()
+    static = StaticLlama(model, 1, 1024 + 8, graphs=False)
+    tokens = torch.tensor([long_prompt], device=dev)
+    valid = torch.zeros((1, static.length), dtype=torch.bool, device=dev)
+    valid[:, :1000] = True
+    positions = torch.arange(1000, device=dev)[None]
+    with torch.inference_mode():
+        static.prefill(tokens, positions, valid)
+        seconds, ours = timed(lambda: static.prefill(tokens, positions, valid), dev)
+        reference = model(tokens).logits[0].float()
+    results["ttft_1000_tokens_s"] = seconds
+    # teacher forcing: every position of the 1000-token prompt, ours (prefill + steps) against transformers
+    with torch.inference_mode():
+        checks = StaticLlama(model, 1, 1024 + 8, graphs=dev == "cuda")
+        last = checks.prefill(tokens[:, :900], positions[:, :900], valid)
+        errors = [(last - reference[899]).abs().max().item()]
+        for t in range(900, 1000):
+            step = checks.step(tokens[:, t], positions[:, t], t, valid)
+            errors.append((step - reference[t]).abs().max().item())
+    results["teacher_forcing_max_abs_diff"] = max(errors)
+    results["logit_scale"] = reference.abs().max().item()
+    print(f"time to first token, 1000-token prompt: {seconds * 1000:.1f} ms; teacher forcing max |diff| "
+          f"{max(errors):.4f} (logits up to {results['logit_scale']:.2f})")
+    if dev == "cuda":
+        results["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        roof = results["roofline_tokens_per_s"]
+        print(f"roofline {roof:.1f} tok/s at {results['copy_bandwidth_gbs']:.0f} GB/s; peak {results['peak_gib']:.1f} GiB")
+        for row in results["rows"]:
+            row["percent_of_roofline"] = 100 * row["tokens_per_s"] / (roof * row["batch"])
+    write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
