@@ -47,14 +47,40 @@ def _fused(*linears) -> Tensor | None:
     return fused
 
 
-def _rms(x: Tensor, norm) -> Tensor:
-    """transformers' LlamaRMSNorm (float32 statistics, weight applied in the input dtype) in fewer kernels."""
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """transformers' LlamaRMSNorm: float32 statistics, the weight applied in the input dtype."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def _add_rms(hidden: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The residual sum and its RMSNorm."""
+    hidden = hidden + delta
+    return hidden, _rms(hidden, weight, eps)
+
+
+def _rope(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on queries and keys together (``[B, T, H, D]`` with ``cos``/``sin`` ``[B, T, 1, D]``)."""
+    first, second = qk.chunk(2, dim=-1)
+    return qk * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+def _silu_mul(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+_KERNELS: dict[str, object] = {}
+
+
+def _kernels(device: torch.device) -> dict:
+    """The elementwise pieces of a layer; on CUDA each compiled once per process into one fused kernel (a decode
+    step is otherwise ~30 tiny kernels per layer, whose fixed cost rivals the weight reads at batch 1)."""
+    plain = {"rms": _rms, "add_rms": _add_rms, "rope": _rope, "silu_mul": _silu_mul}
+    if device.type != "cuda":
+        return plain
+    if not _KERNELS:
+        _KERNELS.update({name: torch.compile(fn, dynamic=True) for name, fn in plain.items()})
+    return _KERNELS
 
 
 def _starts(weights) -> list[int]:
@@ -88,6 +114,8 @@ class StaticLlama:
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
         self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
         self.graphs = GraphCache(max_graphs=self.length // BUCKET + 1) if graphs and self.device.type == "cuda" else None
+        self.kernels = _kernels(self.device)
+        self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.fused = [(_fused(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj),
                        _fused(l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
 
@@ -113,32 +141,36 @@ class StaticLlama:
         mask = (valid[:, None, None, :] & causal) | (keys[None, None, None, :] == index[None, None, :, None])
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]: broadcast over heads
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        for i, layer in enumerate(core.layers):
+        k = self.kernels
+        layers = list(core.layers)
+        norm = layers[0].input_layernorm
+        x = k["rms"](hidden, norm.weight, norm.variance_epsilon)
+        for i, layer in enumerate(layers):
             attn = layer.self_attn
-            x = _rms(hidden, layer.input_layernorm)
             qkv, gate_up = self.fused[i]
             if qkv is not None:
-                q, k, v = F.linear(x, qkv).split([q_width, kv_width, kv_width], -1)
+                q, key, v = F.linear(x, qkv).split([q_width, kv_width, kv_width], -1)
             else:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            qk = torch.cat([q, k], -1).view(batch, steps, self.heads + self.kv_heads, self.head_dim)
-            qk = qk * cos + _rotate_half(qk) * sin  # RoPE on q and k together (fewer kernels per step)
-            q, k = qk.split([self.heads, self.kv_heads], 2)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
+                q, key, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            qk = torch.cat([q, key], -1).view(batch, steps, self.heads + self.kv_heads, self.head_dim)
+            q, key = k["rope"](qk, cos, sin).split([self.heads, self.kv_heads], 2)
+            q, key = q.transpose(1, 2), key.transpose(1, 2)
             v = v.view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-            self.keys[i].index_copy_(2, index, k.to(self.dtype))
+            self.keys[i].index_copy_(2, index, key.to(self.dtype))
             self.values[i].index_copy_(2, index, v.to(self.dtype))
             out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :span], self.values[i][:, :, :span],
                                                  attn_mask=mask, scale=attn.scaling,
                                                  enable_gqa=self.kv_heads != self.heads)
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
-            x = _rms(hidden, layer.post_attention_layernorm)
-            if gate_up is not None:
-                gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-                hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            norm = layer.post_attention_layernorm
+            hidden, x = k["add_rms"](hidden, attn.o_proj(out.transpose(1, 2).reshape(batch, steps, -1)),
+                                     norm.weight, norm.variance_epsilon)
+            if gate_up is not None and self.silu:
+                delta = layer.mlp.down_proj(k["silu_mul"](F.linear(x, gate_up)))
             else:
-                hidden = hidden + layer.mlp(x)
-        last = _rms(hidden[:, -1], core.norm)
+                delta = layer.mlp(x)
+            norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else core.norm
+            hidden, x = k["add_rms"](hidden, delta, norm.weight, norm.variance_epsilon)
+        last = x[:, -1]
         return self.model.lm_head(last).float()
 
     def prefill(self, tokens: Tensor, positions: Tensor, valid: Tensor) -> Tensor:
