@@ -172,8 +172,9 @@ def main() -> None:
 
         preset, grammar = job(layout, rules, "speech", n, stops)
         table = GrammarTensors.from_grammars([grammar], VOCAB, dev)
-        loop = _Loop(static, table, sampling_tensors([preset], dev), torch.zeros(1, dtype=torch.long, device=dev),
-                     torch.tensor([10**6], device=dev), valid1, one.clone(), 1, 64, 0)
+        loop = _Loop(static, 0)
+        loop.load(table, sampling_tensors([preset], dev), torch.zeros(1, dtype=torch.long, device=dev),
+                  torch.tensor([10**6], device=dev), valid1, one.clone(), 1)
         logits = torch.randn(1, VOCAB, device=dev)
         seconds, _ = timed(lambda: [loop.choose(logits) for _ in range(50)], dev)
         results["choose_ms_batch1_eager"] = seconds / 50 * 1000

@@ -195,26 +195,48 @@ class StaticLlama:
 
 
 class _Loop:
-    """The state of one batched generation as persistent tensors, and its step: feed the last tokens, then mask,
+    """The state of batched generations as persistent tensors, and its step: feed the last tokens, then mask,
     filter and sample the next ones. On CUDA a step is replayed from a graph per cache bucket (the whole step, not
-    only the network), so the host only queues one replay per token."""
+    only the network), so the host only queues one replay per token. ``load`` puts a new generation into the same
+    tensors, so later calls of the same batch size replay the graphs already captured."""
 
-    STATE = ("feed", "live", "position", "slot", "step", "count", "out", "seen")
-
-    def __init__(self, static: StaticLlama, table, params: dict, seeds: Tensor, budgets: Tensor, valid: Tensor,
-                 position: Tensor, width: int, most: int, pad_id: int):
-        device = valid.device
-        batch = valid.shape[0]
-        self.static, self.table, self.params, self.seeds, self.budgets = static, table, params, seeds, budgets
-        self.valid, self.position, self.width, self.pad_id = valid, position, width, pad_id
+    def __init__(self, static: StaticLlama, pad_id: int):
+        device, batch, length = static.device, static.keys[0].shape[0], static.length
+        self.static, self.pad_id = static, pad_id
+        self.table, self.params, self.seeds, self.budgets = None, {}, None, None
+        self.valid = torch.zeros((batch, length), dtype=torch.bool, device=device)
+        self.position = torch.zeros(batch, dtype=torch.long, device=device)
         self.feed = torch.full((batch,), pad_id, dtype=torch.long, device=device)
         self.live = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.slot = torch.full((), width, dtype=torch.long, device=device)
+        self.slot = torch.zeros((), dtype=torch.long, device=device)
         self.step = torch.zeros(batch, dtype=torch.long, device=device)
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
-        self.out = torch.full((batch, most + 1), pad_id, dtype=torch.long, device=device)
+        self.out = torch.full((batch, length + 1), pad_id, dtype=torch.long, device=device)
         self.seen = torch.zeros((batch, static.config.vocab_size), dtype=torch.uint8, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+
+    def load(self, table, params: dict, seeds: Tensor, budgets: Tensor, valid: Tensor, position: Tensor,
+             width: int) -> None:
+        """Start a new generation in these tensors (copied in place where the shapes allow, keeping the graphs)."""
+        new = {**{f"table.{k}": v for k, v in _tensors(table).items()}, **{f"params.{k}": v for k, v in params.items()},
+               "seeds": seeds, "budgets": budgets}
+        old = {**{f"table.{k}": v for k, v in _tensors(self.table).items()},
+               **{f"params.{k}": v for k, v in self.params.items()}, "seeds": self.seeds, "budgets": self.budgets}
+        if old.keys() == new.keys() and all(old[k].shape == v.shape and old[k].dtype == v.dtype for k, v in new.items()):
+            for key, value in new.items():
+                old[key].copy_(value)
+        else:  # other shapes (a grammar with more stop ids, say): new tensors, so the graphs are captured again
+            self.table, self.params, self.seeds, self.budgets = table, params, seeds, budgets
+            self.graphs.clear()
+        self.valid.copy_(valid)
+        self.position.copy_(position)
+        self.feed.fill_(self.pad_id)
+        self.live.zero_()
+        self.slot.fill_(width)
+        self.step.zero_()
+        self.count.zero_()
+        self.out.fill_(self.pad_id)
+        self.seen.zero_()
 
     def choose(self, logits: Tensor) -> None:
         """Sample the next token of every row from ``logits`` and advance the state (no host sync)."""
@@ -250,8 +272,8 @@ class _Loop:
         self.graphs[span].replay()
 
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
-        tensors = [getattr(self, name) for name in self.STATE] + [self.valid, self.position]
-        tensors += [t for t in vars(self.table).values() if isinstance(t, Tensor)]
+        tensors = [self.feed, self.live, self.position, self.slot, self.step, self.count, self.out, self.seen,
+                   self.valid, *_tensors(self.table).values()]
         saved = [t.clone() for t in tensors]
         side = torch.cuda.Stream(device=self.valid.device)
         side.wait_stream(torch.cuda.current_stream())
@@ -269,12 +291,38 @@ class _Loop:
         return bool((~self.table.finished() & (self.count < self.budgets)).any())
 
 
+def _tensors(table) -> dict[str, Tensor]:
+    return {} if table is None else {k: v for k, v in vars(table).items() if isinstance(v, Tensor)}
+
+
+_CACHED: dict[str, object] = {}
+
+
+def release() -> None:
+    """Free the KV cache and CUDA graphs that ``fast_generate`` keeps for its next call."""
+    _CACHED.clear()
+
+
+def _loop_for(model, batch: int, need: int, graphs: bool, pad_id: int) -> _Loop:
+    """The kept loop when it fits this call (same model and weights, batch size, room), else a new one."""
+    key = (id(model), batch, pad_id, graphs, tuple(p.data_ptr() for p in model.parameters()))
+    loop = _CACHED.get("loop")
+    if _CACHED.get("key") == key and loop.static.length >= need:
+        return loop
+    _CACHED.clear()  # one kept loop: its cache and graphs hold device memory
+    loop = _Loop(StaticLlama(model, batch, 512 * math.ceil(need / 512), graphs=graphs), pad_id)
+    _CACHED.update(key=key, loop=loop)
+    return loop
+
+
 @torch.inference_mode()
 def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, seeds: Sequence[int], pad_id: int = 0,
                   sync_every: int = 8, graphs: bool = True) -> list[list[int]] | None:
     """``generate`` through :class:`StaticLlama`; None when the grammars cannot run as tensors (use ``generate``).
 
-    Arguments and result as ``anygpt.lm.generation.generate``.
+    Arguments and result as ``anygpt.lm.generation.generate``. The KV cache and the CUDA graphs of the last batch
+    size are kept for the next call (``release()`` frees them), so graphs are captured once per process and cache
+    bucket, not per request.
     """
     from anygpt.lm.gpu_grammar import GrammarTensors
     from anygpt.lm.gpu_sampling import sampling_tensors
@@ -287,7 +335,8 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     batch, width = len(prompts), max(len(p) for p in prompts)
     budgets = torch.tensor([p.max_new_tokens for p in presets], device=device)
     most = int(budgets.max())
-    static = StaticLlama(model, batch, width + most, graphs=graphs)
+    loop = _loop_for(model, batch, width + most, graphs, pad_id)
+    static = loop.static
     tokens = torch.full((batch, width), pad_id, dtype=torch.long)
     valid = torch.zeros((batch, static.length), dtype=torch.bool)
     for i, p in enumerate(prompts):
@@ -296,10 +345,9 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     tokens, valid = tokens.to(device), valid.to(device)
     positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)
-    loop = _Loop(static, table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1].clone(),
-                 width, most, pad_id)
+    loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width)
     loop.seen.scatter_reduce_(1, tokens, valid[:, :width].to(torch.uint8), reduce="amax")
-    loop.choose(static.prefill(tokens, positions, valid))
+    loop.choose(static.prefill(tokens, positions, loop.valid))
     for step in range(1, most):
         if step % sync_every == 0 and not loop.running():
             break

@@ -77,3 +77,42 @@ def test_fast_generate_greedy_equals_the_python_loop_with_grammars():
     assert fast == slow
     image = layout.ranges["image"]
     assert fast[0][fast[0].index(image.bos) + 33] == image.eos  # 32 codes, then the end tag
+
+
+def test_kept_loops_give_the_results_of_fresh_ones():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from generate_speed import job, setup_vocab
+
+    from anygpt.lm import fast_decode
+    from anygpt.lm.fast_decode import fast_generate, release
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=49418, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+    model = LlamaForCausalLM(config).eval()
+    layout, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+
+    def call(prompts, targets, seeds):
+        made = [job(layout, rules, t, 30, stops) for t in targets]
+        for preset, grammar in made:
+            preset.min_new_tokens = grammar.min_new_tokens = 0
+        return fast_generate(model, prompts, [m[0] for m in made], [m[1] for m in made], seeds)
+
+    cases = [([[1, 5, 9], [1, 8, 8, 8, 8]], ["music", "text"], [3, 4]),
+             ([[1, 7], [1, 2, 3, 4, 5, 6, 7]], ["speech", "image"], [5, 6]),
+             ([[1, 9, 9, 9]], ["music"], [7])]
+    release()
+    kept = [call(*case) for case in cases]
+    loop = fast_decode._CACHED["loop"]
+    assert call(*cases[2]) == kept[2] and fast_decode._CACHED["loop"] is loop  # reused, not rebuilt
+    fresh = []
+    for case in cases:
+        release()
+        fresh.append(call(*case))
+    assert kept == fresh
+    release()
+    assert not fast_decode._CACHED
