@@ -7,7 +7,8 @@ run of the same shape (CUDA graphs captured, caches warm):
 - ours, python loop: ``anygpt.lm.generation.generate`` (dynamic cache, host-side grammar and sampling), batch 1;
 - ours, fast: ``anygpt.lm.fast_decode.fast_generate`` (static cache, CUDA graphs, grammar and sampling on the
   GPU) at batch 1, 8, 16, 32 and 64, rows with mixed targets and presets (speech, music, text);
-- a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path;
+- a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path, and the spoken
+  reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights);
 - prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token.
 
 Every generation is held to its full budget (``min_new_tokens``) so rows are comparable. The roofline is the
@@ -156,6 +157,22 @@ def main() -> None:
         preset, grammar = job(layout, rules, target, tokens, stops)
         seconds, out = timed(lambda: fast_generate(model, [prompt], [preset], [grammar], [0]), dev)
         add(f"ours: {what}", 1, seconds, tokens)
+        if target == "speech":
+            lm_seconds, speech = seconds, layout.ranges["speech"]
+            codes = speech.from_lm([t for t in out[0] if speech.start <= t < speech.stop])
+    # the whole 5-s spoken reply: LM (above) + SoundStorm (RVQ 2-8) + SpeechTokenizer decode, full size, random
+    from anygpt.decoders.soundstorm import SoundStormDecoder
+    from anygpt.tokenizers.speech import REAL_CONFIG, TINY_CONFIG, SpeechTokenizerCodec
+
+    decoder = SoundStormDecoder.tiny() if quick else SoundStormDecoder()
+    codec = SpeechTokenizerCodec(config=dict(TINY_CONFIG if quick else REAL_CONFIG), checkpoint=None, decoder=decoder,
+                                 decoder_dtype="bfloat16" if dev == "cuda" else "float32").to(dev)
+    codec.decode([codes], seeds=[0])
+    seconds, wav = timed(lambda: codec.decode([codes], seeds=[0]), dev)
+    results["spoken_reply"] = {"codes": len(codes), "audio_s": wav[0].shape[-1] / 16000, "lm_s": lm_seconds,
+                               "decode_s": seconds, "total_s": lm_seconds + seconds}
+    print(f"5-s spoken reply end to end: LM {lm_seconds:.2f} s + SoundStorm/codec {seconds:.3f} s "
+          f"= {lm_seconds + seconds:.2f} s for {wav[0].shape[-1] / 16000:.1f} s of audio")
 
     # where a batch-1 step goes: the network alone (its CUDA graph), then grammar + sampling alone
     static = StaticLlama(model, 1, 512, graphs=dev == "cuda")

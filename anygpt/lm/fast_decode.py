@@ -58,10 +58,18 @@ def _add_rms(hidden: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple
     return hidden, _rms(hidden, weight, eps)
 
 
-def _rope(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """RoPE on queries and keys together (``[B, T, H, D]`` with ``cos``/``sin`` ``[B, T, 1, D]``)."""
+def _qkv_rope(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values ``[B, H, T, D]`` from the fused projection ``[B, T, (H + 2 H_kv) D]``, with RoPE on
+    queries and keys (``cos``/``sin`` ``[B, T, 1, D]``)."""
+    batch, steps, _ = qkv.shape
+    dim = cos.shape[-1]
+    qk, v = qkv.split([(heads + kv_heads) * dim, kv_heads * dim], -1)
+    qk = qk.view(batch, steps, heads + kv_heads, dim)
     first, second = qk.chunk(2, dim=-1)
-    return qk * cos + torch.cat((-second, first), dim=-1) * sin
+    qk = qk * cos + torch.cat((-second, first), dim=-1) * sin
+    q, k = qk.split([heads, kv_heads], 2)
+    v = v.view(batch, steps, kv_heads, dim)
+    return q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
 
 
 def _silu_mul(gate_up: Tensor) -> Tensor:
@@ -75,7 +83,7 @@ _KERNELS: dict[str, object] = {}
 def _kernels(device: torch.device) -> dict:
     """The elementwise pieces of a layer; on CUDA each compiled once per process into one fused kernel (a decode
     step is otherwise ~30 tiny kernels per layer, whose fixed cost rivals the weight reads at batch 1)."""
-    plain = {"rms": _rms, "add_rms": _add_rms, "rope": _rope, "silu_mul": _silu_mul}
+    plain = {"rms": _rms, "add_rms": _add_rms, "qkv_rope": _qkv_rope, "silu_mul": _silu_mul}
     if device.type != "cuda":
         return plain
     if not _KERNELS:
@@ -140,7 +148,6 @@ class StaticLlama:
         # A query always sees its own slot, so a padding query has a key and writes no NaN into the cache.
         mask = (valid[:, None, None, :] & causal) | (keys[None, None, None, :] == index[None, None, :, None])
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]: broadcast over heads
-        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         k = self.kernels
         layers = list(core.layers)
         norm = layers[0].input_layernorm
@@ -149,13 +156,10 @@ class StaticLlama:
             attn = layer.self_attn
             qkv, gate_up = self.fused[i]
             if qkv is not None:
-                q, key, v = F.linear(x, qkv).split([q_width, kv_width, kv_width], -1)
+                projected = F.linear(x, qkv)
             else:
-                q, key, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            qk = torch.cat([q, key], -1).view(batch, steps, self.heads + self.kv_heads, self.head_dim)
-            q, key = k["rope"](qk, cos, sin).split([self.heads, self.kv_heads], 2)
-            q, key = q.transpose(1, 2), key.transpose(1, 2)
-            v = v.view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+                projected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1)
+            q, key, v = k["qkv_rope"](projected, cos, sin, self.heads, self.kv_heads)
             self.keys[i].index_copy_(2, index, key.to(self.dtype))
             self.values[i].index_copy_(2, index, v.to(self.dtype))
             out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :span], self.values[i][:, :, :span],

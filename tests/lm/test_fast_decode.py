@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -47,60 +50,49 @@ def test_teacher_forced_logits_equal_the_transformers_model(kv_heads):
                 torch.testing.assert_close(got[step][i], reference[len(p) - 1 + step], atol=1e-4, rtol=1e-4)
 
 
-def test_fast_generate_greedy_equals_the_python_loop_with_grammars():
-    import sys
-    from pathlib import Path
-
+def tiny_setup(layers: int, seed: int):
+    """A tiny LLaMA over AnyGPT's 49418-token layout, the layout with span rules, the stop ids, and ``rows``:
+    presets and grammars for ``[(target, budget)]`` (no minimum length; greedy unless ``sample``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from generate_speed import job, setup_vocab
 
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49418, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+    layout, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+
+    def rows(spec, sample=False):
+        made = [job(layout, rules, target, budget, stops) for target, budget in spec]
+        for preset, grammar in made:
+            preset.do_sample, grammar.min_new_tokens, preset.min_new_tokens = sample, 0, 0
+        return [m[0] for m in made], [m[1] for m in made]
+
+    return LlamaForCausalLM(config).eval(), layout, rows
+
+
+def test_fast_generate_greedy_equals_the_python_loop_with_grammars():
     from anygpt.lm.fast_decode import fast_generate
     from anygpt.lm.generation import generate
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49418, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
-    model = LlamaForCausalLM(config).eval()
-    layout, rules = setup_vocab()
-    stops = [2, layout.token_id("<eos>")]
+    model, layout, rows = tiny_setup(layers=2, seed=0)
     prompts = [[1, 5, 9, 33], [1, 8], [1, 40, 41, 42, 43, 44], [1, 7, 7]]
-    rows = [job(layout, rules, target, budget, stops) for target, budget in
-            [("image", 40), ("music", 30), ("speech", 20), ("text", 12)]]
-    for preset, grammar in rows:
-        preset.do_sample, grammar.min_new_tokens, preset.min_new_tokens = False, 0, 0
-    slow = generate(model, prompts, [r[0] for r in rows], [r[1] for r in rows], [0, 1, 2, 3])
-    rows = [job(layout, rules, target, budget, stops) for target, budget in
-            [("image", 40), ("music", 30), ("speech", 20), ("text", 12)]]
-    for preset, grammar in rows:
-        preset.do_sample, grammar.min_new_tokens, preset.min_new_tokens = False, 0, 0
-    fast = fast_generate(model, prompts, [r[0] for r in rows], [r[1] for r in rows], [0, 1, 2, 3])
+    spec = [("image", 40), ("music", 30), ("speech", 20), ("text", 12)]
+    slow = generate(model, prompts, *rows(spec), [0, 1, 2, 3])
+    fast = fast_generate(model, prompts, *rows(spec), [0, 1, 2, 3])
     assert fast == slow
     image = layout.ranges["image"]
     assert fast[0][fast[0].index(image.bos) + 33] == image.eos  # 32 codes, then the end tag
 
 
 def test_kept_loops_give_the_results_of_fresh_ones():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from generate_speed import job, setup_vocab
-
     from anygpt.lm import fast_decode
     from anygpt.lm.fast_decode import fast_generate, release
 
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=49418, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
-    model = LlamaForCausalLM(config).eval()
-    layout, rules = setup_vocab()
-    stops = [2, layout.token_id("<eos>")]
+    model, layout, rows = tiny_setup(layers=1, seed=1)
 
     def call(prompts, targets, seeds):
-        made = [job(layout, rules, t, 30, stops) for t in targets]
-        for preset, grammar in made:
-            preset.min_new_tokens = grammar.min_new_tokens = 0
-        return fast_generate(model, prompts, [m[0] for m in made], [m[1] for m in made], seeds)
+        return fast_generate(model, prompts, *rows([(t, 30) for t in targets], sample=True), seeds)
 
     cases = [([[1, 5, 9], [1, 8, 8, 8, 8]], ["music", "text"], [3, 4]),
              ([[1, 7], [1, 2, 3, 4, 5, 6, 7]], ["speech", "image"], [5, 6]),
