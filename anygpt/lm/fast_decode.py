@@ -13,6 +13,7 @@ step only) and the span grammar all as tensor operations, so the host waits on t
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -44,7 +45,24 @@ def _fused(*linears) -> Tensor | None:
         for w, start in zip(weights, _starts(weights)):
             w.data = fused[start:start + w.shape[0]]
     linears[0]._anygpt_fused = fused
+    _FUSED.append([weakref.ref(linear) for linear in linears])
     return fused
+
+
+_FUSED: list[list[weakref.ref]] = []
+
+
+def _unfuse() -> None:
+    """Give every fused layer its own weight storage again, as the model was loaded."""
+    for group in _FUSED:
+        linears = [ref() for ref in group]
+        if any(linear is None for linear in linears):
+            continue
+        with torch.inference_mode(False):
+            for linear in linears:
+                linear.weight.data = linear.weight.data.clone()
+        linears[0].__dict__.pop("_anygpt_fused", None)
+    _FUSED.clear()
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -302,9 +320,16 @@ def _tensors(table) -> dict[str, Tensor]:
 _CACHED: dict[str, object] = {}
 
 
-def release() -> None:
-    """Free the KV cache and CUDA graphs that ``fast_generate`` keeps for its next call."""
+def release(unfuse: bool = True) -> None:
+    """Free the KV cache and CUDA graphs that ``fast_generate`` keeps for its next call.
+
+    Args:
+        unfuse: Also give the q/k/v and gate/up weights their own storage back, as loaded (for code that
+            expects separate tensors; the next fast call fuses them again).
+    """
     _CACHED.clear()
+    if unfuse:
+        _unfuse()
 
 
 def _loop_for(model, batch: int, need: int, graphs: bool, pad_id: int) -> _Loop:

@@ -108,3 +108,20 @@ def test_kept_loops_give_the_results_of_fresh_ones():
     assert kept == fresh
     release()
     assert not fast_decode._CACHED
+
+
+def test_release_gives_fused_weights_their_own_storage_back(tmp_path):
+    from anygpt.lm.fast_decode import fast_generate, release
+
+    model, layout, rows = tiny_setup(layers=1, seed=2)
+    attn = model.model.layers[0].self_attn
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fast_generate(model, [[1, 5, 9]], *rows([("music", 8)]), [0])
+    q, k = attn.q_proj.weight, attn.k_proj.weight
+    assert k.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()  # views of one fused matrix
+    release()
+    assert k.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").is_file()
