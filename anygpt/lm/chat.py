@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.generation import GenerationPreset
+from anygpt.lm.generation import GenerationPreset, span_ranges
 from anygpt.lm.vocab import TokenRange
-from anygpt.tokenizers.base import check_span, span_can_end
+from anygpt.tokenizers.base import check_span, complete_length
 
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
           "speech, images and audio.")
@@ -108,12 +108,7 @@ class ReplyGrammar:
             if all(self.done[m] for m in self.require):
                 spans += [(i, i + 1) for i in self.stop_ids]
             return spans
-        rng, codec = self.ranges[self.modality], self.codecs[self.modality]
-        full = codec.span_length is not None and self.span_codes >= codec.span_length
-        spans = [] if full else [tuple(rng.start + x for x in codec.allowed(self.span_codes))]
-        if span_can_end(codec, self.span_codes):
-            spans.append((rng.eos, rng.eos + 1))
-        return spans
+        return span_ranges(self.ranges[self.modality], self.codecs[self.modality], self.span_codes)
 
     def blocked_stops(self) -> list[int]:
         return []
@@ -184,8 +179,7 @@ def parse_reply(ids: Sequence[int], tokenizer, ranges: Mapping[str, TokenRange],
         codes = rng.from_lm(inner)
         if end is None:
             kept = i  # the history leaves out a span that never closed
-            keep = max((n for n in range(len(codes), 0, -1) if span_can_end(codec, n)), default=0)
-            codes = codes[:keep]
+            codes = codes[:complete_length(codec, len(codes))]
         if len(codes):
             spans.append((modality, check_span(codec, codes)))
         i = len(body) if end is None else end + 1

@@ -7,7 +7,6 @@ response. When a prompt and its reply budget would overflow the model's context,
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +16,7 @@ from anygpt.data.chat import ChatTurn, Conversation
 from anygpt.lm.chat import ReplyGrammar, chat_prompt_ids, parse_reply, user_message
 from anygpt.lm.generation import generate
 from anygpt.messages import one_line
+from anygpt.tokenizers.base import decode_options, encode_voice_prompt
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,7 @@ def _next_job(model, state: _State, budget: int, drop_history: bool) -> _Job | N
         codec = model.codecs.get("speech")
         if codec is None or not hasattr(codec, "encode_prompt"):
             raise AnyGPTError("a voice prompt needs a speech codec that reads prompts")
-        try:
-            state.voice = codec.encode_prompt(conversation.voice_prompt)
-        except AnyGPTError as err:
-            raise AnyGPTError(f"voice prompt: {err}") from err
+        state.voice = encode_voice_prompt(codec, conversation.voice_prompt)
     while state.position < len(turns):
         number, turn = state.position, turns[state.position]
         if turn.role != "user":
@@ -214,14 +211,8 @@ def _finish(model, job: _Job, generated: list[int]) -> None:
     media = []
     for modality, codes in parsed.spans:
         codec = model.codecs[modality]
-        accepted = inspect.signature(codec.decode).parameters
-        options: dict[str, Any] = {}
-        if "seeds" in accepted:
-            options["seeds"] = [seed]
-        if "steps" in accepted:
-            options["steps"] = model.presets.get(modality, model.presets["text"]).decoder_steps
-        if state.voice is not None and "prompts" in accepted:
-            options["prompts"] = [state.voice]
+        steps = model.presets.get(modality, model.presets["text"]).decoder_steps
+        options = decode_options(codec, seed, steps, state.voice)
         item = {"modality": modality, "media": codec.decode([codes], **options)[0], "codes": len(codes)}
         if hasattr(codec, "sample_rate"):
             item["sample_rate"] = codec.sample_rate

@@ -79,6 +79,20 @@ def build_presets(overrides: dict[str, dict] | None = None) -> dict[str, Generat
     return presets
 
 
+def span_ranges(rng: TokenRange, codec, position: int, may_close: bool = True) -> list[tuple[int, int]]:
+    """Half-open LM-id ranges legal at ``position`` inside a span: the codes the codec allows there (none once
+    a fixed-length span is full), and the end tag where the span may end and ``may_close`` (a full span must
+    close whatever ``may_close`` says)."""
+    spans = []
+    full = codec.span_length is not None and position >= codec.span_length
+    if not full:
+        low, high = codec.allowed(position)
+        spans.append((rng.start + low, rng.start + high))
+    if span_can_end(codec, position) and (full or may_close):
+        spans.append((rng.eos, rng.eos + 1))
+    return spans
+
+
 class SpanGrammar:
     """Which tokens one request may generate next, and when it is finished.
 
@@ -126,15 +140,7 @@ class SpanGrammar:
         if self.state == "lead":
             ids = [rng.bos] + (self.lead_in_ids if self.lead_in < self.max_lead_in else [])
             return [(i, i + 1) for i in ids]
-        # inside the span
-        spans = []
-        full = self.codec.span_length is not None and self.span_codes >= self.codec.span_length
-        if not full:
-            low, high = self.codec.allowed(self.span_codes)
-            spans.append((rng.start + low, rng.start + high))
-        if span_can_end(self.codec, self.span_codes) and (full or self.generated >= self.min_new_tokens):
-            spans.append((rng.eos, rng.eos + 1))  # a full span must close, min_new_tokens or not
-        return spans
+        return span_ranges(rng, self.codec, self.span_codes, may_close=self.generated >= self.min_new_tokens)
 
     def blocked_stops(self) -> list[int]:
         """Stop ids masked on top of ``allowed()`` because min_new_tokens are not out yet.

@@ -21,7 +21,7 @@ from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, g
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.lm.vocab import SPECIALS, VocabLayout
-from anygpt.tokenizers.base import check_span, span_can_end
+from anygpt.tokenizers.base import check_span, complete_length, decode_options, encode_voice_prompt
 
 
 class UnifiedLM(LightningModule):
@@ -258,21 +258,12 @@ class UnifiedLM(LightningModule):
         codec = self.codecs.get(request.target)
         if codec is None:
             return {}
-        accepted = inspect.signature(codec.decode).parameters
-        options: dict[str, Any] = {}
-        if "seeds" in accepted:
-            options["seeds"] = [request.seed]
-        if "steps" in accepted:
-            options["steps"] = preset.decoder_steps
+        prompt = None
         if request.voice_prompt:
-            if "prompts" not in accepted:
+            if "prompts" not in inspect.signature(codec.decode).parameters:
                 raise AnyGPTError(f"the {request.target} codec takes no voice prompt")
-            encode = getattr(codec, "encode_prompt", None)
-            try:
-                options["prompts"] = [encode(request.voice_prompt) if encode else request.voice_prompt]
-            except AnyGPTError as err:
-                raise AnyGPTError(f"voice prompt: {err}") from err
-        return options
+            prompt = encode_voice_prompt(codec, request.voice_prompt)
+        return decode_options(codec, request.seed, preset.decoder_steps, prompt)
 
     def _finish(self, request: Request, response: dict, generated: list[int], options: dict) -> None:
         response["generated_tokens"] = len(generated)
@@ -312,7 +303,7 @@ class UnifiedLM(LightningModule):
         span = span[: span.index(rng.eos)] if closed else span
         codes = rng.from_lm(span)
         if not closed:
-            keep = max((n for n in range(len(codes), 0, -1) if span_can_end(codec, n)), default=0)
+            keep = complete_length(codec, len(codes))
             if keep == 0:
                 raise AnyGPTError(f"the {rng.start_tag} span was cut at the token budget after {len(codes)} codes")
             codes = codes[:keep]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -94,6 +95,40 @@ def span_can_end(codec: ModalityCodec, length: int) -> bool:
     if hasattr(codec, "can_end"):
         return bool(codec.can_end(length))
     return length == codec.span_length if codec.span_length is not None else length > 0
+
+
+def complete_length(codec: ModalityCodec, length: int) -> int:
+    """The longest span of at most ``length`` codes that may end (0 if none): what a span cut short keeps."""
+    return next((n for n in range(length, 0, -1) if span_can_end(codec, n)), 0)
+
+
+def decode_options(codec: ModalityCodec, seed: int | None, steps: int, prompt: Any = None) -> dict[str, Any]:
+    """Keyword arguments of ``codec.decode`` for one span, limited to those its signature takes: its seed, the
+    second-stage decoder's steps and an encoded voice prompt."""
+    accepted = inspect.signature(codec.decode).parameters
+    options: dict[str, Any] = {}
+    if "seeds" in accepted:
+        options["seeds"] = [seed]
+    if "steps" in accepted:
+        options["steps"] = steps
+    if prompt is not None and "prompts" in accepted:
+        options["prompts"] = [prompt]
+    return options
+
+
+def encode_voice_prompt(codec: ModalityCodec, source: Any) -> Any:
+    """A voice prompt as the codec's ``decode`` takes it (``encode_prompt`` where the codec has one).
+
+    Raises:
+        AnyGPTError: The prompt cannot be read, as one line starting with "voice prompt:".
+    """
+    from anygpt import AnyGPTError
+
+    encode = getattr(codec, "encode_prompt", None)
+    try:
+        return encode(source) if encode else source
+    except AnyGPTError as err:
+        raise AnyGPTError(f"voice prompt: {err}") from err
 
 
 def check_span(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
