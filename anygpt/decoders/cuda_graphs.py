@@ -8,7 +8,7 @@ pass costs its GPU time only. Replays run the very kernels of the eager pass, so
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -61,12 +61,26 @@ class GraphCache:
 
     def _capture(self, fn: Callable[..., Tensor], tensors: tuple[Tensor, ...]) -> tuple[list[Tensor], Tensor, torch.cuda.CUDAGraph]:
         inputs = [t.clone() for t in tensors]
-        side = torch.cuda.Stream(device=inputs[0].device)
-        side.wait_stream(torch.cuda.current_stream(inputs[0].device))
-        with torch.cuda.stream(side):  # warm-up off the main stream, as capture requires (lazy inits, workspaces)
-            fn(*inputs)
-        torch.cuda.current_stream(inputs[0].device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = fn(*inputs)
+        graph, output = capture(lambda: fn(*inputs), inputs[0].device)
         return inputs, output, graph
+
+
+def capture(fn: Callable[[], object], device: torch.device,
+            state: Sequence[Tensor] = ()) -> tuple[torch.cuda.CUDAGraph, object]:
+    """A CUDA graph of ``fn()`` and the output of the captured call.
+
+    ``fn`` runs once on a side stream first (capture needs lazy initialisation and workspaces done); tensors in
+    ``state`` that it updates in place are put back afterwards, so the warm-up leaves no trace.
+    """
+    saved = [t.clone() for t in state]
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+        for tensor, copy in zip(state, saved):
+            tensor.copy_(copy)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output

@@ -2,8 +2,8 @@
 
 :class:`StaticLlama` runs a transformers ``LlamaForCausalLM`` through its own modules and weights (no copies) with
 a preallocated KV cache. A decode step reads the cache up to a bucket of 256 slots, so a step's cost follows the
-sequence length, and on CUDA each (batch, bucket) shape is replayed from a CUDA graph captured once
-(``anygpt.decoders.cuda_graphs.GraphCache``): no per-kernel launch overhead, no recompilation per request length.
+sequence length, and on CUDA the whole step of each (batch, bucket) shape is replayed from a CUDA graph captured
+once: no per-kernel launch overhead, no recompilation per request length.
 :func:`fast_generate` is ``anygpt.lm.generation.generate`` on top of it: per-row presets, seeds and grammars, with
 the repetition penalty, filtering, sampling (counter-based random numbers: a row's draws depend on its seed and
 step only) and the span grammar all as tensor operations, so the host waits on the GPU only every
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anygpt.decoders.cuda_graphs import GraphCache
+from anygpt.decoders.cuda_graphs import GraphCache, capture
 
 BUCKET = 256
 
@@ -200,17 +200,15 @@ class StaticLlama:
         zero = torch.zeros((), dtype=torch.long, device=tokens.device)
         return self.forward(tokens, positions, zero, valid[:, : tokens.shape[1]])
 
-    def step(self, tokens: Tensor, positions: Tensor, slot: int, valid: Tensor, slot_tensor: Tensor | None = None
-             ) -> Tensor:
-        """One new token per row at ``slot``; the attention reads the bucket of slots that covers it.
+    def span(self, slot: int) -> int:
+        """Cache slots a step at ``slot`` reads: the bucket that covers it."""
+        return min(self.length, BUCKET * (slot // BUCKET + 1))
 
-        ``slot_tensor`` (0-dim, on the device, equal to ``slot``) spares a host-to-device copy, which would wait
-        for the GPU to finish its queued work.
-        """
-        span = min(self.length, BUCKET * (slot // BUCKET + 1))
-        if slot_tensor is None:
-            slot_tensor = torch.tensor(slot, device=tokens.device)
-        args = (tokens[:, None], positions[:, None], slot_tensor, valid[:, :span])
+    def step(self, tokens: Tensor, positions: Tensor, slot: int, valid: Tensor) -> Tensor:
+        """One new token per row at ``slot``, from a CUDA graph per bucket on CUDA (a single step, as in teacher
+        forcing; ``fast_generate`` replays whole decode steps instead)."""
+        slot_tensor = torch.tensor(slot, device=tokens.device)
+        args = (tokens[:, None], positions[:, None], slot_tensor, valid[:, :self.span(slot)])
         if self.graphs is None:
             return self.forward(*args)
         return self.graphs(self.forward, *args)
@@ -286,7 +284,7 @@ class _Loop:
         self.slot += 1
 
     def run_step(self, slot: int) -> None:
-        span = min(self.static.length, BUCKET * (slot // BUCKET + 1))
+        span = self.static.span(slot)
         if self.valid.device.type != "cuda" or self.static.graphs is None:
             return self.decode(span)
         if span not in self.graphs:
@@ -294,20 +292,9 @@ class _Loop:
         self.graphs[span].replay()
 
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
-        tensors = [self.feed, self.live, self.position, self.slot, self.step, self.count, self.out, self.seen,
-                   self.valid, *_tensors(self.table).values()]
-        saved = [t.clone() for t in tensors]
-        side = torch.cuda.Stream(device=self.valid.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (lazy inits), then the state is put back
-            self.decode(span)
-            for t, copy in zip(tensors, saved):
-                t.copy_(copy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.decode(span)
-        return graph
+        state = [self.feed, self.live, self.position, self.slot, self.step, self.count, self.out, self.seen,
+                 self.valid, *_tensors(self.table).values()]
+        return capture(lambda: self.decode(span), self.valid.device, state)[0]
 
     def running(self) -> bool:
         return bool((~self.table.finished() & (self.count < self.budgets)).any())
