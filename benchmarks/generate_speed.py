@@ -82,6 +82,27 @@ def timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def profile_step(loop, steps: int = 20) -> None:
+    """The GPU kernels of ``steps`` replayed decode steps (after the loop's last generation), most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    slot = int(loop.slot)
+    assert slot + steps + 3 <= loop.static.length, "no room left in the kept cache to profile"
+    with torch.inference_mode():
+        for i in range(3):
+            loop.run_step(slot + i)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for i in range(steps):
+                loop.run_step(slot + i)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"profile: {len(events)} kernel kinds, {total / steps / 1000:.2f} ms of kernels per step")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
+        print(f"  {e.self_device_time_total / steps:8.1f} us/step {e.count / steps:6.1f}x  {e.key[:100]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -89,9 +110,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
+    parser.add_argument("--profile", action="store_true", help="print the kernels of a batch-1 decode step")
     args = parser.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from anygpt.lm import fast_decode
     from anygpt.lm.fast_decode import StaticLlama, fast_generate
     from anygpt.lm.generation import generate
 
@@ -143,15 +166,26 @@ def main() -> None:
     add("ours: python loop (dynamic cache)", 1, seconds, n)
 
     targets = ["speech", "music", "text", "speech"]  # spans that can run the whole budget (an image closes at 32)
-    for batch in args.batches:
-        def run(batch=batch):
+
+    def fast_rows(batch, what):
+        def run():
             made = [job(layout, rules, targets[i % 4], n, stops) for i in range(batch)]
             return fast_generate(model, [prompt] * batch, [m[0] for m in made], [m[1] for m in made],
                                  list(range(batch)))
         first, _ = timed(run, dev)
         seconds, out = timed(run, dev)
         assert out is not None and all(len(o) == n for o in out), "the fast path did not run the full budget"
-        add("ours: fast (static cache, graphs, GPU grammar)", batch, seconds, sum(map(len, out)), first_run_s=first)
+        add(what, batch, seconds, sum(map(len, out)), first_run_s=first)
+
+    if 1 in args.batches:  # the step as separately compiled elementwise kernels between cuBLAS products
+        fast_decode.WHOLE_LAYERS = False
+        fast_rows(1, "ours: fast, per-op kernels")
+        fast_decode.WHOLE_LAYERS = True
+        fast_decode.release(unfuse=False)
+    for batch in args.batches:
+        fast_rows(batch, "ours: fast (static cache, graphs, GPU grammar)")
+        if batch == 1 and args.profile and dev == "cuda":
+            profile_step(fast_decode._CACHED["loop"])
 
     for what, target, tokens in (("spoken reply, 250 speech codes", "speech", 252), ("text->image, 32 codes", "image", 34)):
         preset, grammar = job(layout, rules, target, tokens, stops)
@@ -185,18 +219,18 @@ def main() -> None:
         results["network_step_ms_batch1"] = seconds / 50 * 1000
         from anygpt.lm.fast_decode import _Loop
         from anygpt.lm.gpu_grammar import GrammarTensors
-        from anygpt.lm.gpu_sampling import sampling_tensors
+        from anygpt.lm.gpu_sampling import filter_width, sampling_tensors
 
         preset, grammar = job(layout, rules, "speech", n, stops)
         table = GrammarTensors.from_grammars([grammar], VOCAB, dev)
         loop = _Loop(static, 0)
         loop.load(table, sampling_tensors([preset], dev), torch.zeros(1, dtype=torch.long, device=dev),
-                  torch.tensor([10**6], device=dev), valid1, one.clone(), 1)
+                  torch.tensor([10**6], device=dev), valid1, one.clone(), 1, filter_width([preset], VOCAB))
         logits = torch.randn(1, VOCAB, device=dev)
         seconds, _ = timed(lambda: [loop.choose(logits) for _ in range(50)], dev)
-        results["choose_ms_batch1_eager"] = seconds / 50 * 1000
-    print(f"batch-1 step: network (graph) {results['network_step_ms_batch1']:.2f} ms, grammar + sampling (eager) "
-          f"{results['choose_ms_batch1_eager']:.2f} ms")
+        results["choose_ms_batch1_no_graph"] = seconds / 50 * 1000
+    print(f"batch-1 step: network (graph) {results['network_step_ms_batch1']:.2f} ms, grammar + sampling (no graph) "
+          f"{results['choose_ms_batch1_no_graph']:.2f} ms")
 
     long_prompt = [1] + torch.randint(32000, 33024, (999,), generator=torch.Generator().manual_seed(2)).tolist()
     static = StaticLlama(model, 1, 1024 + 8, graphs=False)

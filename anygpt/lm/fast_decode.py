@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anygpt.decoders.cuda_graphs import GraphCache, capture
+from anygpt.lm.gpu_sampling import filter_logits, penalize_repeats, sample
 
 BUCKET = 256
+WHOLE_LAYERS = True  # decode steps through one compiled function per layer (False: the per-op path, for comparison)
 
 
 def _fused(*linears) -> Tensor | None:
@@ -95,17 +97,75 @@ def _silu_mul(gate_up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: Tensor, o_w: Tensor, gate_up_w: Tensor, down_w: Tensor,
+                  post_w: Tensor, next_w: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
+                  index: Tensor, bias: Tensor, heads: int, kv_heads: int, scaling: float,
+                  eps: float) -> tuple[Tensor, Tensor]:
+    """One decoder layer for one new token per row (``x`` is ``hidden`` normed), writing its key and value at
+    cache slot ``index``; returns the residual stream and its norm by ``next_w`` (the next layer's input norm).
+
+    ``keys`` ``[B, H_kv, S, D]`` and ``values`` ``[B, H_kv, D, S]`` (transposed, so that the probability-weighted
+    sum reads contiguous memory) are views of the cache's first ``S`` slots, so the writes land in it; attention
+    reads them with ``bias`` ``[B, 1, 1, S]`` (0 or -inf), in float32. Written as
+    plain tensor algebra so that, compiled, each matrix-vector product becomes one bandwidth-bound reduction with
+    its neighbouring elementwise work fused in.
+    """
+    batch, _, width = x.shape
+    q, key, value = _qkv_rope(F.linear(x, qkv_w), cos, sin, heads, kv_heads)
+    keys.index_copy_(2, index, key)
+    values.index_copy_(3, index, value.transpose(2, 3))
+    dim = q.shape[-1]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, dim).float()  # query heads grouped by their key head
+    scores = q @ keys.float().transpose(2, 3) * scaling + bias
+    out = (scores.softmax(-1) @ values.float().transpose(2, 3)).to(x.dtype)
+    hidden, x = _add_rms(hidden, F.linear(out.reshape(batch, 1, heads * dim), o_w), post_w, eps)
+    return _add_rms(hidden, F.linear(_silu_mul(F.linear(x, gate_up_w)), down_w), next_w, eps)
+
+
+def _head(x: Tensor, weight: Tensor) -> Tensor:
+    return F.linear(x, weight).float()
+
+
+def _choose(loop: _Loop, logits: Tensor) -> None:
+    """``_Loop.choose``: grammar mask, repetition penalty, filters, sampling, then the state update, as one
+    function of the loop's tensors (compiled whole on CUDA: ~200 small kernels become a few)."""
+    p = loop.params
+    logits = logits.masked_fill(~loop.table.mask(), float("-inf"))
+    logits = penalize_repeats(logits, loop.seen > 0, p["penalty"])
+    logits = filter_logits(logits, p["temperature"], p["top_k"], p["top_p"], loop.width)
+    next_ids = sample(logits, p["do_sample"], loop.seeds, loop.step)
+    live = ~loop.table.finished() & (loop.count < loop.budgets)
+    loop.out.scatter_(1, loop.step[:, None], torch.where(live, next_ids, loop.pad_id)[:, None])
+    loop.table.advance(next_ids, live)
+    loop.count += live.long()
+    loop.seen.scatter_reduce_(1, next_ids[:, None], live[:, None].to(torch.uint8), reduce="amax")
+    loop.feed.copy_(torch.where(live, next_ids, loop.pad_id))
+    loop.live.copy_(live)
+    loop.step += 1
+
+
 _KERNELS: dict[str, object] = {}
 
 
 def _kernels(device: torch.device) -> dict:
-    """The elementwise pieces of a layer; on CUDA each compiled once per process into one fused kernel (a decode
-    step is otherwise ~30 tiny kernels per layer, whose fixed cost rivals the weight reads at batch 1)."""
-    plain = {"rms": _rms, "add_rms": _add_rms, "qkv_rope": _qkv_rope, "silu_mul": _silu_mul}
+    """The pieces of a step; on CUDA compiled once per process. Elementwise pieces fuse into one kernel each (a
+    step is otherwise ~30 tiny kernels per layer, whose fixed cost rivals the weight reads at batch 1). The decode
+    layer compiles whole, with coordinate-descent tuning, under which a product with one row (batch 1) becomes a
+    tuned reduction kernel that reaches the memory bandwidth where cuBLAS does not."""
+    plain = {"rms": _rms, "add_rms": _add_rms, "qkv_rope": _qkv_rope, "silu_mul": _silu_mul,
+             "layer": _decode_layer, "head": _head, "choose": _choose}
     if device.type != "cuda":
         return plain
     if not _KERNELS:
-        _KERNELS.update({name: torch.compile(fn, dynamic=True) for name, fn in plain.items()})
+        import torch._dynamo
+
+        # one compiled variant per batch size (cache buckets share it: their length is a dynamic dimension)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        tuned = {"coordinate_descent_tuning": True}
+        _KERNELS.update({name: torch.compile(plain[name], dynamic=True)
+                         for name in ("rms", "add_rms", "qkv_rope", "silu_mul")})
+        _KERNELS.update({name: torch.compile(plain[name], dynamic=False, options=tuned) for name in ("layer", "head")})
+        _KERNELS["choose"] = torch.compile(_choose, dynamic=False)
     return _KERNELS
 
 
@@ -138,12 +198,21 @@ class StaticLlama:
         shape = (batch, self.kv_heads, self.length, self.head_dim)
         layers = cfg.num_hidden_layers
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
-        self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
         self.graphs = GraphCache(max_graphs=self.length // BUCKET + 1) if graphs and self.device.type == "cuda" else None
         self.kernels = _kernels(self.device)
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.fused = [(_fused(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj),
                        _fused(l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
+        # Decode steps through _decode_layer at batch 1, where its matrix-vector reductions beat cuBLAS (cuBLAS
+        # does well on more rows, and each batch size would compile anew); plain LLaMA layers only.
+        self.whole_layers = WHOLE_LAYERS and batch == 1 and self.silu and all(
+            qkv is not None and gate_up is not None and l.mlp.down_proj.bias is None and l.self_attn.o_proj.bias is None
+            for (qkv, gate_up), l in zip(self.fused, model.model.layers))
+        # values as [B, H_kv, L, D]; stored [B, H_kv, D, L] (and viewed) for the decode layer, see _decode_layer
+        stored = shape[:2] + shape[:1:-1] if self.whole_layers else shape
+        self.values = [torch.zeros(stored, device=self.device, dtype=self.dtype) for _ in range(layers)]
+        if self.whole_layers:
+            self.values = [v.transpose(2, 3) for v in self.values]
 
     def forward(self, tokens: Tensor, positions: Tensor, slot: Tensor, valid: Tensor) -> Tensor:
         """Logits ``[B, V]`` (float32) of the last of ``T`` new tokens written at slots ``slot .. slot+T-1``.
@@ -170,6 +239,19 @@ class StaticLlama:
         layers = list(core.layers)
         norm = layers[0].input_layernorm
         x = k["rms"](hidden, norm.weight, norm.variance_epsilon)
+        if steps == 1 and self.whole_layers:
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
+            for i, layer in enumerate(layers):
+                attn, (qkv, gate_up) = layer.self_attn, self.fused[i]
+                norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else core.norm
+                keys, values = self.keys[i][:, :, :span], self.values[i][:, :, :span].transpose(2, 3)
+                if self.kernels is _KERNELS:  # one compiled layer serves every cache bucket
+                    for tensor, dim in ((bias, 3), (keys, 2), (values, 2)):
+                        torch._dynamo.maybe_mark_dynamic(tensor, dim)
+                hidden, x = k["layer"](hidden, x, qkv, attn.o_proj.weight, gate_up, layer.mlp.down_proj.weight,
+                                       layer.post_attention_layernorm.weight, norm.weight, cos, sin, keys, values,
+                                       index, bias, self.heads, self.kv_heads, attn.scaling, norm.variance_epsilon)
+            return k["head"](x[:, -1], self.model.lm_head.weight)
         for i, layer in enumerate(layers):
             attn = layer.self_attn
             qkv, gate_up = self.fused[i]
@@ -180,7 +262,10 @@ class StaticLlama:
             q, key, v = k["qkv_rope"](projected, cos, sin, self.heads, self.kv_heads)
             self.keys[i].index_copy_(2, index, key.to(self.dtype))
             self.values[i].index_copy_(2, index, v.to(self.dtype))
-            out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :span], self.values[i][:, :, :span],
+            values = self.values[i][:, :, :span]
+            if self.whole_layers:  # a prompt on the transposed cache: SDPA is fastest on contiguous values
+                values = values.contiguous()
+            out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :span], values,
                                                  attn_mask=mask, scale=attn.scaling,
                                                  enable_gqa=self.kv_heads != self.heads)
             norm = layer.post_attention_layernorm
@@ -223,7 +308,7 @@ class _Loop:
     def __init__(self, static: StaticLlama, pad_id: int):
         device, batch, length = static.device, static.keys[0].shape[0], static.length
         self.static, self.pad_id = static, pad_id
-        self.table, self.params, self.seeds, self.budgets = None, {}, None, None
+        self.table, self.params, self.seeds, self.budgets, self.width = None, {}, None, None, None
         self.valid = torch.zeros((batch, length), dtype=torch.bool, device=device)
         self.position = torch.zeros(batch, dtype=torch.long, device=device)
         self.feed = torch.full((batch,), pad_id, dtype=torch.long, device=device)
@@ -236,23 +321,25 @@ class _Loop:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def load(self, table, params: dict, seeds: Tensor, budgets: Tensor, valid: Tensor, position: Tensor,
-             width: int) -> None:
+             slot: int, width: int | None = None) -> None:
         """Start a new generation in these tensors (copied in place where the shapes allow, keeping the graphs)."""
         new = {**{f"table.{k}": v for k, v in _tensors(table).items()}, **{f"params.{k}": v for k, v in params.items()},
                "seeds": seeds, "budgets": budgets}
         old = {**{f"table.{k}": v for k, v in _tensors(self.table).items()},
                **{f"params.{k}": v for k, v in self.params.items()}, "seeds": self.seeds, "budgets": self.budgets}
-        if old.keys() == new.keys() and all(old[k].shape == v.shape and old[k].dtype == v.dtype for k, v in new.items()):
+        same = old.keys() == new.keys() and all(old[k].shape == v.shape and old[k].dtype == v.dtype
+                                                for k, v in new.items())
+        if same and width == self.width:
             for key, value in new.items():
                 old[key].copy_(value)
         else:  # other shapes (a grammar with more stop ids, say): new tensors, so the graphs are captured again
-            self.table, self.params, self.seeds, self.budgets = table, params, seeds, budgets
+            self.table, self.params, self.seeds, self.budgets, self.width = table, params, seeds, budgets, width
             self.graphs.clear()
         self.valid.copy_(valid)
         self.position.copy_(position)
         self.feed.fill_(self.pad_id)
         self.live.zero_()
-        self.slot.fill_(width)
+        self.slot.fill_(slot)
         self.step.zero_()
         self.count.zero_()
         self.out.fill_(self.pad_id)
@@ -260,21 +347,7 @@ class _Loop:
 
     def choose(self, logits: Tensor) -> None:
         """Sample the next token of every row from ``logits`` and advance the state (no host sync)."""
-        from anygpt.lm.gpu_sampling import filter_logits, penalize_repeats, sample
-
-        p = self.params
-        logits = logits.masked_fill(~self.table.mask(), float("-inf"))
-        logits = penalize_repeats(logits, self.seen > 0, p["penalty"])
-        logits = filter_logits(logits, p["temperature"], p["top_k"], p["top_p"])
-        next_ids = sample(logits, p["do_sample"], self.seeds, self.step)
-        live = ~self.table.finished() & (self.count < self.budgets)
-        self.out.scatter_(1, self.step[:, None], torch.where(live, next_ids, self.pad_id)[:, None])
-        self.table.advance(next_ids, live)
-        self.count += live.long()
-        self.seen.scatter_reduce_(1, next_ids[:, None], live[:, None].to(torch.uint8), reduce="amax")
-        self.feed.copy_(torch.where(live, next_ids, self.pad_id))
-        self.live.copy_(live)
-        self.step += 1
+        self.static.kernels["choose"](self, logits)
 
     def decode(self, span: int) -> None:
         """Feed the last tokens at the current slot (reading ``span`` cache slots), then choose the next ones."""
@@ -341,7 +414,7 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     bucket, not per request.
     """
     from anygpt.lm.gpu_grammar import GrammarTensors
-    from anygpt.lm.gpu_sampling import sampling_tensors
+    from anygpt.lm.gpu_sampling import filter_width, sampling_tensors
 
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
@@ -361,7 +434,8 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     tokens, valid = tokens.to(device), valid.to(device)
     positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)
-    loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width)
+    loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width,
+              filter_width(presets, vocab))
     loop.seen.scatter_reduce_(1, tokens, valid[:, :width].to(torch.uint8), reduce="amax")
     loop.choose(static.prefill(tokens, positions, loop.valid))
     for step in range(1, most):

@@ -66,7 +66,7 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Te
 
 
 def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor) -> torch.Tensor:
+                  top_p: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """Temperature, then top-k, then top-p per row, as ``generation._filter_logits`` (dropped entries -inf).
 
     Args:
@@ -74,20 +74,36 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
         temperature: ``[B]`` (1.0 for greedy rows).
         top_k: ``[B]`` long, 0 keeps all.
         top_p: ``[B]``, 1.0 keeps all.
+        width: Candidates ranked per row: None sorts the whole vocabulary; an int ``K`` ranks only the ``K`` best
+            (a top-k pass instead of a sort), which is exact when every row has ``0 < top_k <= K`` or keeps
+            all with ``top_k == 0`` and ``top_p == 1`` (see ``filter_width``).
     """
     vocab = logits.shape[1]
     logits = logits / temperature.to(logits.dtype)[:, None]
     k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab).long()
-    ordered, order = logits.sort(dim=1, descending=True)
-    kth = ordered.gather(1, (k - 1)[:, None])
+    if width is None:
+        ordered, order = logits.sort(dim=1, descending=True)
+        kth = ordered.gather(1, (k - 1)[:, None])
+    else:
+        ordered, order = logits.topk(min(width, vocab), dim=1)
+        last = ordered.gather(1, (k - 1).clamp(max=ordered.shape[1] - 1)[:, None])
+        kth = torch.where((top_k > 0)[:, None], last, float("-inf"))
     logits = logits.masked_fill(logits < kth, float("-inf"))
-    # The sorted top-k result is the sorted logits with the same cut: one sort serves both filters.
+    # The ranked top-k result is the ranked logits with the same cut: one ranking serves both filters.
     ordered = ordered.masked_fill(ordered < kth, float("-inf"))
     probs = ordered.softmax(dim=1)
     top_p = top_p.to(probs.dtype)[:, None]
     drop = ((probs.cumsum(dim=1) - probs) >= top_p) & (top_p < 1)  # rounding must not cut rows with p = 1
     drop[:, 0] = False
-    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, drop), float("-inf"))
+
+
+def filter_width(presets: Sequence[GenerationPreset], vocab: int) -> int | None:
+    """The ``width`` of ``filter_logits`` for these rows: the largest top-k, or None where a row needs the whole
+    vocabulary ranked (top-p over all tokens)."""
+    if any((p.top_k == 0 or p.top_k >= vocab) and p.top_p < 1 for p in presets):
+        return None
+    return max([min(p.top_k, vocab) for p in presets if p.top_k > 0] or [1])
 
 
 def sample(logits: torch.Tensor, do_sample: torch.Tensor, seeds: torch.Tensor,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anygpt.lm.generation import GenerationPreset, _filter_logits
-from anygpt.lm.gpu_sampling import filter_logits, hash_uniform, penalize_repeats, sample, sampling_tensors
+from anygpt.lm.gpu_sampling import filter_logits, filter_width, hash_uniform, penalize_repeats, sample, sampling_tensors
 
 PRESETS = [
     GenerationPreset(temperature=t, top_k=k, top_p=p, do_sample=s)
@@ -37,6 +37,20 @@ def test_filter_logits_matches_the_reference_on_mixed_presets():
     t = sampling_tensors(PRESETS, "cpu")
     _assert_same(filter_logits(logits, t["temperature"], t["top_k"], t["top_p"]),
                  _reference(logits, history, PRESETS))
+
+
+def test_ranking_only_the_top_k_matches_the_full_sort():
+    ranked = [p for p in PRESETS if not (p.top_k == 0 and p.top_p < 1)]  # rows a top-k pass serves exactly
+    assert filter_width(PRESETS, 300) is None and filter_width(ranked, 300) == 50
+    assert filter_width([GenerationPreset(top_k=0)], 300) == 1 and filter_width([GenerationPreset(top_k=900)], 300) == 300
+    logits, history = _logits(len(ranked), 300, seed=5), torch.zeros(len(ranked), 1, dtype=torch.long)
+    # a grammar-like mask: fewer allowed tokens than top_k in one row, -inf ties in all
+    logits[0, 10:] = float("-inf")
+    logits[2, ::2] = float("-inf")
+    t = sampling_tensors(ranked, "cpu")
+    for width in (50, 64, None):
+        _assert_same(filter_logits(logits, t["temperature"], t["top_k"], t["top_p"], width=width),
+                     _reference(logits, history, ranked))
 
 
 def test_penalty_matches_the_reference():
