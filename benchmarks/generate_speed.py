@@ -9,7 +9,9 @@ run of the same shape (CUDA graphs captured, caches warm):
   GPU) at batch 1, 8, 16, 32 and 64, rows with mixed targets and presets (speech, music, text);
 - a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path, and the spoken
   reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights);
-- prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token.
+- prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token;
+- last, the model quantized in place to int8 weights (torchao; ``--no-int8`` skips it): weight memory, and the
+  fast rows at batch 1 and 8 again.
 
 Every generation is held to its full budget (``min_new_tokens``) so rows are comparable. The roofline is the
 weight bytes over the measured device copy bandwidth (one token per step reads every weight once). The same run
@@ -17,6 +19,7 @@ checks, by teacher forcing, that our logits match the transformers model's (bf16
 as random weights make near-ties flip).
 
     python benchmarks/generate_speed.py --device cuda         # prints a table, writes JSON
+    python benchmarks/generate_speed.py --device cuda --batches 1 --profile  # + the kernels of a batch-1 step
     python benchmarks/generate_speed.py --device cpu --quick  # tiny shape, a smoke run
 """
 
@@ -103,6 +106,34 @@ def profile_step(loop, steps: int = 20) -> None:
         print(f"  {e.self_device_time_total / steps:8.1f} us/step {e.count / steps:6.1f}x  {e.key[:100]}")
 
 
+def weight_bytes(model) -> int:
+    """Bytes of the model's parameters, counting the int8 data and scales inside quantized ones."""
+    from anygpt.lm.quantize import is_quantized
+
+    def size(t):
+        if is_quantized(t):
+            return sum(size(getattr(t, name)) for name in t.__tensor_flatten__()[0] if getattr(t, name) is not None)
+        return t.numel() * t.element_size()
+
+    return sum(size(p) for p in model.parameters())
+
+
+def int8_rows(model, results, fast_rows, batches) -> None:
+    """The same fast rows after int8 weight-only quantization (torchao), and the weights' memory before and after."""
+    from anygpt.lm.fast_decode import release
+    from anygpt.lm.quantize import quantize_backbone
+
+    release()
+    before = weight_bytes(model) / 2**30
+    quantize_backbone(model, "int8")
+    torch.cuda.empty_cache()
+    results["int8_weights_gib"] = {"bf16": before, "int8": weight_bytes(model) / 2**30}
+    print(f"int8 weight-only (torchao): weights {before:.2f} GiB -> {results['int8_weights_gib']['int8']:.2f} GiB")
+    for batch in [b for b in batches if b in (1, 8)]:
+        fast_rows(batch, "ours: fast, int8 weights (torchao)")
+    release()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,6 +142,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
     parser.add_argument("--profile", action="store_true", help="print the kernels of a batch-1 decode step")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 weight-only rows (need torchao)")
     args = parser.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -255,6 +287,12 @@ def main() -> None:
     results["logit_scale"] = reference.abs().max().item()
     print(f"time to first token, 1000-token prompt: {seconds * 1000:.1f} ms; teacher forcing max |diff| "
           f"{max(errors):.4f} (logits up to {results['logit_scale']:.2f})")
+    if dev == "cuda" and not args.no_int8:  # last: quantizes the model in place
+        try:
+            int8_rows(model, results, fast_rows, args.batches)
+        except Exception as error:  # keep the rows above
+            results["int8_error"] = f"{type(error).__name__}: {error}"
+            print(f"int8 rows failed: {results['int8_error'][:500]}")
     if dev == "cuda":
         results["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         roof = results["roofline_tokens_per_s"]

@@ -194,3 +194,38 @@ def test_fast_decode_on_gpu_matches_the_python_loop_greedy_and_is_seeded():
     first = fast_generate(model, prompts, *rows(True), [5, 6, 7])
     alone = fast_generate(model, prompts[1:2], *[r[1:2] for r in rows(True)], [6])
     assert first[1] == alone[0] and first != fast_generate(model, prompts, *rows(True), [8, 9, 10])
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_fast_decode_at_batch_1_on_gpu_matches_the_python_loop(int8):
+    """Batch 1 decodes through the compiled whole layer (and, with int8 weights, torchao's int8 tensors)."""
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anygpt.lm.fast_decode import fast_generate, release
+    from anygpt.lm.generation import generate
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generate_speed import job, setup_vocab
+
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49418, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         max_position_embeddings=1024)).cuda().eval()
+    if int8:
+        pytest.importorskip("torchao")
+        from anygpt.lm.quantize import quantize_backbone
+
+        quantize_backbone(model, "int8")
+    layout, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+    release()
+    for target, budget in [("music", 300), ("image", 40)]:  # music crosses a cache bucket
+        preset, grammar = job(layout, rules, target, budget, stops)
+        preset.do_sample, preset.min_new_tokens, grammar.min_new_tokens = False, 0, 0
+        slow = generate(model, [[1, 5, 9, 33]], [preset], [grammar], [0], fast=False)
+        preset, grammar = job(layout, rules, target, budget, stops)
+        preset.do_sample, preset.min_new_tokens, grammar.min_new_tokens = False, 0, 0
+        assert fast_generate(model, [[1, 5, 9, 33]], [preset], [grammar], [0]) == slow
+    release()

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from anygpt.decoders.cuda_graphs import GraphCache, capture
 from anygpt.lm.gpu_sampling import filter_logits, penalize_repeats, sample
+from anygpt.lm.quantize import is_quantized, storage_key
 
 BUCKET = 256
 WHOLE_LAYERS = True  # decode steps through one compiled function per layer (False: the per-op path, for comparison)
@@ -33,10 +34,10 @@ def _fused(*linears) -> Tensor | None:
     A single-token step then reads q, k and v (or gate and up) with one matrix-vector product, which runs near the
     memory bandwidth where three small ones do not (a 4096 x 4096 bf16 product reaches ~40 % of it on an H100).
     No memory is added: the layers keep working, on views. Moving or casting the model breaks the sharing; it is
-    checked and redone on the next call. None where a layer has a bias.
+    checked and redone on the next call. None where a layer has a bias or a quantized weight.
     """
     weights = [linear.weight for linear in linears]
-    if any(linear.bias is not None for linear in linears):
+    if any(linear.bias is not None or is_quantized(linear.weight) for linear in linears):
         return None
     cached = getattr(linears[0], "_anygpt_fused", None)
     if cached is not None and all(w.data_ptr() == cached[start:].data_ptr() for w, start in
@@ -97,12 +98,13 @@ def _silu_mul(gate_up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: Tensor, o_w: Tensor, gate_up_w: Tensor, down_w: Tensor,
+def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: list[Tensor], o_w: Tensor, gate_up_w: list[Tensor], down_w: Tensor,
                   post_w: Tensor, next_w: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
                   index: Tensor, bias: Tensor, heads: int, kv_heads: int, scaling: float,
                   eps: float) -> tuple[Tensor, Tensor]:
     """One decoder layer for one new token per row (``x`` is ``hidden`` normed), writing its key and value at
     cache slot ``index``; returns the residual stream and its norm by ``next_w`` (the next layer's input norm).
+    ``qkv_w``/``gate_up_w`` hold the fused q/k/v (gate/up) matrix, or the separate ones.
 
     ``keys`` ``[B, H_kv, S, D]`` and ``values`` ``[B, H_kv, D, S]`` (transposed, so that the probability-weighted
     sum reads contiguous memory) are views of the cache's first ``S`` slots, so the writes land in it; attention
@@ -110,8 +112,8 @@ def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: Tensor, o_w: Tensor, gate_up
     plain tensor algebra so that, compiled, each matrix-vector product becomes one bandwidth-bound reduction with
     its neighbouring elementwise work fused in.
     """
-    batch, _, width = x.shape
-    q, key, value = _qkv_rope(F.linear(x, qkv_w), cos, sin, heads, kv_heads)
+    batch = x.shape[0]
+    q, key, value = _qkv_rope(_project(x, qkv_w), cos, sin, heads, kv_heads)
     keys.index_copy_(2, index, key)
     values.index_copy_(3, index, value.transpose(2, 3))
     dim = q.shape[-1]
@@ -119,7 +121,12 @@ def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: Tensor, o_w: Tensor, gate_up
     scores = q @ keys.float().transpose(2, 3) * scaling + bias
     out = (scores.softmax(-1) @ values.float().transpose(2, 3)).to(x.dtype)
     hidden, x = _add_rms(hidden, F.linear(out.reshape(batch, 1, heads * dim), o_w), post_w, eps)
-    return _add_rms(hidden, F.linear(_silu_mul(F.linear(x, gate_up_w)), down_w), next_w, eps)
+    return _add_rms(hidden, F.linear(_silu_mul(_project(x, gate_up_w)), down_w), next_w, eps)
+
+
+def _project(x: Tensor, weights: list[Tensor]) -> Tensor:
+    """``x`` through the row blocks of one projection: a fused matrix, or its parts (quantized weights)."""
+    return F.linear(x, weights[0]) if len(weights) == 1 else torch.cat([F.linear(x, w) for w in weights], -1)
 
 
 def _head(x: Tensor, weight: Tensor) -> Tensor:
@@ -204,10 +211,14 @@ class StaticLlama:
         self.fused = [(_fused(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj),
                        _fused(l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
         # Decode steps through _decode_layer at batch 1, where its matrix-vector reductions beat cuBLAS (cuBLAS
-        # does well on more rows, and each batch size would compile anew); plain LLaMA layers only.
+        # does well on more rows, and each batch size would compile anew); LLaMA layers without biases only.
+        linears = [[l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.self_attn.o_proj, l.mlp.gate_proj,
+                    l.mlp.up_proj, l.mlp.down_proj] for l in model.model.layers]
         self.whole_layers = WHOLE_LAYERS and batch == 1 and self.silu and all(
-            qkv is not None and gate_up is not None and l.mlp.down_proj.bias is None and l.self_attn.o_proj.bias is None
-            for (qkv, gate_up), l in zip(self.fused, model.model.layers))
+            m.bias is None for layer in linears for m in layer)
+        self.projections = [([qkv] if qkv is not None else [m.weight for m in layer[:3]],
+                             [gate_up] if gate_up is not None else [m.weight for m in layer[4:6]])
+                            for (qkv, gate_up), layer in zip(self.fused, linears)]
         # values as [B, H_kv, L, D]; stored [B, H_kv, D, L] (and viewed) for the decode layer, see _decode_layer
         stored = shape[:2] + shape[:1:-1] if self.whole_layers else shape
         self.values = [torch.zeros(stored, device=self.device, dtype=self.dtype) for _ in range(layers)]
@@ -242,7 +253,7 @@ class StaticLlama:
         if steps == 1 and self.whole_layers:
             bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
             for i, layer in enumerate(layers):
-                attn, (qkv, gate_up) = layer.self_attn, self.fused[i]
+                attn, (qkv, gate_up) = layer.self_attn, self.projections[i]
                 norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else core.norm
                 keys, values = self.keys[i][:, :, :span], self.values[i][:, :, :span].transpose(2, 3)
                 if self.kernels is _KERNELS:  # one compiled layer serves every cache bucket
@@ -394,7 +405,7 @@ def release(unfuse: bool = True) -> None:
 
 def _loop_for(model, batch: int, need: int, graphs: bool, pad_id: int) -> _Loop:
     """The kept loop when it fits this call (same model and weights, batch size, room), else a new one."""
-    key = (id(model), batch, pad_id, graphs, tuple(p.data_ptr() for p in model.parameters()))
+    key = (id(model), batch, pad_id, graphs, tuple(storage_key(p) for p in model.parameters()))
     loop = _CACHED.get("loop")
     if _CACHED.get("key") == key and loop.static.length >= need:
         return loop

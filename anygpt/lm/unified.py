@@ -52,6 +52,9 @@ class UnifiedLM(LightningModule):
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % more compute).
         compile: ``torch.compile`` each decoder layer and the loss when fitting (a one-off warm-up of about a
             minute; faster steps).
+        quantize: ``int8`` stores the backbone's linear weights in int8 with one scale per output row (torchao,
+            ``pip install 'anygpt[quant]'``): a 7B backbone then needs ~7 GB instead of 13.5 GB. For prediction and
+            chat only; decoding at batch 1 gets faster, larger batches slower (see benchmarks/generate_speed.py).
         optimizer: Optimizer factory for ``fit``; None is AdamW(lr=2e-5, weight_decay=0).
         lr_scheduler: Scheduler factory for ``fit``; None keeps the learning rate constant.
     """
@@ -71,6 +74,7 @@ class UnifiedLM(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        quantize: Literal["int8"] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
@@ -104,6 +108,11 @@ class UnifiedLM(LightningModule):
         if gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.compile_training, self._loss_fn = compile, token_cross_entropy
+        self.quantized = quantize
+        if quantize:
+            from anygpt.lm.quantize import quantize_backbone
+
+            quantize_backbone(self.backbone, quantize)
         self.reply_end_id = self.layout.token_id("<eos>")
         self.stop_ids = [self.reply_end_id, self.tokenizer.eos_id]
         self.metrics = nn.ModuleDict()
@@ -396,6 +405,8 @@ class UnifiedLM(LightningModule):
             metric.reset()
 
     def configure_optimizers(self):
+        if self.quantized:
+            raise AnyGPTError(f"quantize: {self.quantized} weights are for predict and chat; fit needs quantize: null")
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
         if self.scheduler_factory is None:
