@@ -19,6 +19,17 @@ def llama(kv_heads: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def left_padded(prompts, length: int):
+    """Prompt ids left-padded to one width, the ``[B, length]`` mask of real slots, and RoPE positions."""
+    width = max(map(len, prompts))
+    tokens = torch.zeros((len(prompts), width), dtype=torch.long)
+    valid = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = torch.tensor(p)
+        valid[i, width - len(p):width] = True
+    return tokens, valid, (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("rows", [3, 1])  # batch 1 decodes through _decode_layer (transposed value cache)
 def test_teacher_forced_logits_equal_the_transformers_model(kv_heads, rows):
@@ -28,12 +39,7 @@ def test_teacher_forced_logits_equal_the_transformers_model(kv_heads, rows):
     width, batch = max(map(len, prompts)), len(prompts)
     static = StaticLlama(model, batch, width + 300)  # the steps cross a bucket boundary below
     assert static.length == 2 * BUCKET and static.whole_layers == (rows == 1)
-    tokens = torch.zeros((batch, width), dtype=torch.long)
-    valid = torch.zeros((batch, static.length), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.tensor(p)
-        valid[i, width - len(p):width] = True
-    positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+    tokens, valid, positions = left_padded(prompts, static.length)
     with torch.no_grad():
         got = [static.prefill(tokens, positions, valid)]
         position = positions[:, -1]

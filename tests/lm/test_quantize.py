@@ -12,7 +12,7 @@ pytest.importorskip("torchao", reason="quantization needs torchao (pip install '
 
 from anygpt.lm.quantize import is_quantized, quantize_backbone  # noqa: E402
 
-from .test_fast_decode import llama, tiny_setup  # noqa: E402
+from .test_fast_decode import left_padded, llama, tiny_setup  # noqa: E402
 
 
 @pytest.mark.parametrize("rows", [1, 2])  # batch 1: the decode layer on separate int8 weights; 2: transformers' modules
@@ -29,12 +29,7 @@ def test_quantized_teacher_forcing_equals_the_quantized_transformers_model(rows)
     width = max(map(len, prompts))
     static = StaticLlama(model, rows, width + 8)
     assert static.fused[0] == (None, None) and static.whole_layers == (rows == 1)
-    tokens = torch.zeros((rows, width), dtype=torch.long)
-    valid = torch.zeros((rows, static.length), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.tensor(p)
-        valid[i, width - len(p):width] = True
-    positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+    tokens, valid, positions = left_padded(prompts, static.length)
     with torch.no_grad():
         got = [static.prefill(tokens, positions, valid)]
         position = positions[:, -1]
