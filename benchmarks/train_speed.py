@@ -17,6 +17,13 @@ timed with CUDA synchronisation.
     python benchmarks/train_speed.py --device cuda --shape 7b --variants packed --precision bf16-true \
         --strategy fsdp --gradient-checkpointing --batch 1                            # LLaMA-2-7B on one GPU
     python benchmarks/train_speed.py --device cpu --quick                            # tiny shape: a smoke run
+
+Several GPUs (issue: FSDP scaling): one process per run, rows per GPU (``tokens_per_s`` is rank 0's, MFU per GPU),
+``tokens_per_s_all_devices`` assumes balanced ranks. Scaling efficiency = 2-GPU per-GPU tokens/s / 1-GPU tokens/s:
+
+    python benchmarks/train_speed.py --device cuda --variants packed --strategy fsdp --devices 1 --out benchmarks/results/fsdp_1gpu.json
+    python benchmarks/train_speed.py --device cuda --variants packed --strategy fsdp --devices 2 --out benchmarks/results/fsdp_2gpu.json
+    python -m pytest -m gpu tests/test_distributed_fit.py   # a 2-GPU FSDP checkpoint gives the same loss on 1 GPU
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import tempfile
 import time
@@ -81,7 +89,8 @@ def result(args, variant: str, shape: dict, params: int, tokens_per_s: float, st
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
     return {"variant": variant, "shape": args.shape, "params": params, "vocab": VOCAB, "block": args.block,
             "batch": args.batch, "precision": args.precision, "strategy": args.strategy, "steps_timed": steps,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * full / PEAK_FLOPS[args.device],
+            "devices": args.devices, "tokens_per_s": tokens_per_s, "tokens_per_s_all_devices": tokens_per_s * args.devices,
+            "mfu": tokens_per_s * full / PEAK_FLOPS[args.device],
             "mfu_6n": tokens_per_s * bare / PEAK_FLOPS[args.device], "peak_gib": peak,
             "gradient_checkpointing": args.gradient_checkpointing}
 
@@ -141,7 +150,7 @@ def run(args, variant: str, folder: Path) -> dict:
     strategy = "auto"
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1, "logger": False,
+        "trainer": {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": args.devices, "logger": False,
                     "precision": args.precision, "strategy": strategy, "max_steps": args.warmup + args.steps, "limit_val_batches": 0,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"backbone": shape, "tokenizer": "tiny", "codecs": tiny_codecs, "attn_implementation": attn,
@@ -189,6 +198,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--block", type=int, default=4096)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="GPUs of one fit (one fit variant per process; rows are per GPU, rank 0 writes)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny shape, short blocks (CPU smoke run)")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
@@ -196,6 +207,9 @@ def main() -> None:
     if args.quick:
         args.block, args.batch, args.steps, args.warmup, args.shape = 512, 2, 3, 1, "tiny"
         args.variants = [v for v in args.variants if "compile" not in v]
+    if args.devices > 1 and (len(args.variants) != 1 or args.variants[0].startswith("plain")):
+        parser.error("--devices > 1 runs one anygpt fit variant per process (e.g. --variants packed)")
+    rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0  # Lightning starts ranks 1.. as copies of this command
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -210,9 +224,12 @@ def main() -> None:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            write_json(args.out, {"benchmark": "train_speed", "device": device_name(args.device),
-                                  "quick": args.quick, "rows": rows,
-                                  "anchor_given": {"tokens_per_s": 41.7e3, "mfu": 0.39, "what": "plain HF loop"}})
+            if rank0:
+                write_json(args.out, {"benchmark": "train_speed", "device": device_name(args.device),
+                                      "quick": args.quick, "rows": rows,
+                                      "anchor_given": {"tokens_per_s": 41.7e3, "mfu": 0.39, "what": "plain HF loop"}})
+    if not rank0:
+        return
     plain = next((r["tokens_per_s"] for r in rows if r["variant"] == "plain" and "tokens_per_s" in r), None)
     print(f"{'variant':<22} {'params':>8} {'tokens/s':>10} {'MFU':>7} {'MFU 6N':>7} {'vs plain':>9} {'peak GiB':>9}")
     for r in rows:

@@ -395,10 +395,24 @@ class UnifiedLM(LightningModule):
             self.metrics[name].update(losses[keep].mean(), weight=count)
 
     def on_validation_epoch_end(self) -> None:
-        for name, metric in self.metrics.items():
-            if metric.update_count == 0:
-                continue
-            loss = metric.compute()
+        import warnings
+
+        from torchmetrics.aggregation import MeanMetric
+
+        # Every rank computes the same metrics in the same order (compute() is a collective): a task that one
+        # rank's validation blocks lacked still joins the others' reduction, with no tokens.
+        names = sorted(name for name, metric in self.metrics.items() if metric.update_count)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        for name in names:
+            if name not in self.metrics:
+                self.metrics[name] = MeanMetric().to(self.device)
+            metric = self.metrics[name]
+            with warnings.catch_warnings():  # "compute before update" on a rank without this task
+                warnings.simplefilter("ignore", UserWarning)
+                loss = metric.compute()
             suffix = "" if name == "all" else f"/{name}"
             self.log(f"val/loss{suffix}", loss, prog_bar=name == "all")
             self.log(f"val/ppl{suffix}", torch.exp(loss.clamp(max=50)))
