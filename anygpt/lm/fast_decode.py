@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anygpt.decoders.cuda_graphs import GraphCache, capture
-from anygpt.lm.gpu_sampling import filter_logits, penalize_repeats, sample
+from anygpt.lm import decode_kernels
 from anygpt.lm.quantize import is_quantized, storage_key
 
 BUCKET = 256
@@ -68,114 +68,6 @@ def _unfuse() -> None:
     _FUSED.clear()
 
 
-def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """transformers' LlamaRMSNorm: float32 statistics, the weight applied in the input dtype."""
-    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
-def _add_rms(hidden: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """The residual sum and its RMSNorm."""
-    hidden = hidden + delta
-    return hidden, _rms(hidden, weight, eps)
-
-
-def _qkv_rope(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Queries, keys and values ``[B, H, T, D]`` from the fused projection ``[B, T, (H + 2 H_kv) D]``, with RoPE on
-    queries and keys (``cos``/``sin`` ``[B, T, 1, D]``)."""
-    batch, steps, _ = qkv.shape
-    dim = cos.shape[-1]
-    qk, v = qkv.split([(heads + kv_heads) * dim, kv_heads * dim], -1)
-    qk = qk.view(batch, steps, heads + kv_heads, dim)
-    first, second = qk.chunk(2, dim=-1)
-    qk = qk * cos + torch.cat((-second, first), dim=-1) * sin
-    q, k = qk.split([heads, kv_heads], 2)
-    v = v.view(batch, steps, kv_heads, dim)
-    return q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
-
-
-def _silu_mul(gate_up: Tensor) -> Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-def _decode_layer(hidden: Tensor, x: Tensor, qkv_w: list[Tensor], o_w: Tensor, gate_up_w: list[Tensor], down_w: Tensor,
-                  post_w: Tensor, next_w: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
-                  index: Tensor, bias: Tensor, heads: int, kv_heads: int, scaling: float,
-                  eps: float) -> tuple[Tensor, Tensor]:
-    """One decoder layer for one new token per row (``x`` is ``hidden`` normed), writing its key and value at
-    cache slot ``index``; returns the residual stream and its norm by ``next_w`` (the next layer's input norm).
-    ``qkv_w``/``gate_up_w`` hold the fused q/k/v (gate/up) matrix, or the separate ones.
-
-    ``keys`` ``[B, H_kv, S, D]`` and ``values`` ``[B, H_kv, D, S]`` (transposed, so that the probability-weighted
-    sum reads contiguous memory) are views of the cache's first ``S`` slots, so the writes land in it; attention
-    reads them with ``bias`` ``[B, 1, 1, S]`` (0 or -inf), in float32. Written as
-    plain tensor algebra so that, compiled, each matrix-vector product becomes one bandwidth-bound reduction with
-    its neighbouring elementwise work fused in.
-    """
-    batch = x.shape[0]
-    q, key, value = _qkv_rope(_project(x, qkv_w), cos, sin, heads, kv_heads)
-    keys.index_copy_(2, index, key)
-    values.index_copy_(3, index, value.transpose(2, 3))
-    dim = q.shape[-1]
-    q = q.reshape(batch, kv_heads, heads // kv_heads, dim).float()  # query heads grouped by their key head
-    scores = q @ keys.float().transpose(2, 3) * scaling + bias
-    out = (scores.softmax(-1) @ values.float().transpose(2, 3)).to(x.dtype)
-    hidden, x = _add_rms(hidden, F.linear(out.reshape(batch, 1, heads * dim), o_w), post_w, eps)
-    return _add_rms(hidden, F.linear(_silu_mul(_project(x, gate_up_w)), down_w), next_w, eps)
-
-
-def _project(x: Tensor, weights: list[Tensor]) -> Tensor:
-    """``x`` through the row blocks of one projection: a fused matrix, or its parts (quantized weights)."""
-    return F.linear(x, weights[0]) if len(weights) == 1 else torch.cat([F.linear(x, w) for w in weights], -1)
-
-
-def _head(x: Tensor, weight: Tensor) -> Tensor:
-    return F.linear(x, weight).float()
-
-
-def _choose(loop: _Loop, logits: Tensor) -> None:
-    """``_Loop.choose``: grammar mask, repetition penalty, filters, sampling, then the state update, as one
-    function of the loop's tensors (compiled whole on CUDA: ~200 small kernels become a few)."""
-    p = loop.params
-    logits = logits.masked_fill(~loop.table.mask(), float("-inf"))
-    logits = penalize_repeats(logits, loop.seen > 0, p["penalty"])
-    logits = filter_logits(logits, p["temperature"], p["top_k"], p["top_p"], loop.width)
-    next_ids = sample(logits, p["do_sample"], loop.seeds, loop.step)
-    live = ~loop.table.finished() & (loop.count < loop.budgets)
-    loop.out.scatter_(1, loop.step[:, None], torch.where(live, next_ids, loop.pad_id)[:, None])
-    loop.table.advance(next_ids, live)
-    loop.count += live.long()
-    loop.seen.scatter_reduce_(1, next_ids[:, None], live[:, None].to(torch.uint8), reduce="amax")
-    loop.feed.copy_(torch.where(live, next_ids, loop.pad_id))
-    loop.live.copy_(live)
-    loop.step += 1
-
-
-_KERNELS: dict[str, object] = {}
-
-
-def _kernels(device: torch.device) -> dict:
-    """The pieces of a step; on CUDA compiled once per process. Elementwise pieces fuse into one kernel each (a
-    step is otherwise ~30 tiny kernels per layer, whose fixed cost rivals the weight reads at batch 1). The decode
-    layer compiles whole, with coordinate-descent tuning, under which a product with one row (batch 1) becomes a
-    tuned reduction kernel that reaches the memory bandwidth where cuBLAS does not."""
-    plain = {"rms": _rms, "add_rms": _add_rms, "qkv_rope": _qkv_rope, "silu_mul": _silu_mul,
-             "layer": _decode_layer, "head": _head, "choose": _choose}
-    if device.type != "cuda":
-        return plain
-    if not _KERNELS:
-        import torch._dynamo
-
-        # one compiled variant per batch size (cache buckets share it: their length is a dynamic dimension)
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        tuned = {"coordinate_descent_tuning": True}
-        _KERNELS.update({name: torch.compile(plain[name], dynamic=True)
-                         for name in ("rms", "add_rms", "qkv_rope", "silu_mul")})
-        _KERNELS.update({name: torch.compile(plain[name], dynamic=False, options=tuned) for name in ("layer", "head")})
-        _KERNELS["choose"] = torch.compile(_choose, dynamic=False)
-    return _KERNELS
-
-
 def _starts(weights) -> list[int]:
     starts, total = [], 0
     for w in weights:
@@ -206,7 +98,7 @@ class StaticLlama:
         layers = cfg.num_hidden_layers
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
         self.graphs = GraphCache(max_graphs=self.length // BUCKET + 1) if graphs and self.device.type == "cuda" else None
-        self.kernels = _kernels(self.device)
+        self.kernels = decode_kernels.kernels(self.device)
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
         self.fused = [(_fused(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj),
                        _fused(l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
@@ -256,7 +148,7 @@ class StaticLlama:
                 attn, (qkv, gate_up) = layer.self_attn, self.projections[i]
                 norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else core.norm
                 keys, values = self.keys[i][:, :, :span], self.values[i][:, :, :span].transpose(2, 3)
-                if self.kernels is _KERNELS:  # one compiled layer serves every cache bucket
+                if self.kernels is decode_kernels.COMPILED:  # one compiled layer serves every cache bucket
                     for tensor, dim in ((bias, 3), (keys, 2), (values, 2)):
                         torch._dynamo.maybe_mark_dynamic(tensor, dim)
                 hidden, x = k["layer"](hidden, x, qkv, attn.o_proj.weight, gate_up, layer.mlp.down_proj.weight,

@@ -132,3 +132,21 @@ def test_release_gives_fused_weights_their_own_storage_back(tmp_path):
         assert torch.equal(p, before[name]), name
     model.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.slow  # ~80 s: inductor compiles the pieces for the CPU
+def test_compiled_pieces_give_the_plain_results(monkeypatch):
+    """The CUDA path's compiled pieces (whole decode layer over dynamic cache buckets, the sampling step), run by
+    inductor on the CPU, sample exactly what the plain functions sample."""
+    from anygpt.lm import decode_kernels
+    from anygpt.lm.fast_decode import fast_generate, release
+
+    model, _, rows = tiny_setup(layers=2, seed=0)
+    spec, prompt = [("music", 300)], [[1, 5, 9, 33]]  # crosses a cache bucket
+    release()
+    plain = fast_generate(model, prompt, *rows(spec, sample=True), [0])
+    compiled = decode_kernels.kernels(torch.device("cuda"))  # builds the compiled set; nothing runs on CUDA
+    monkeypatch.setattr(decode_kernels, "kernels", lambda device: compiled)
+    release()
+    assert fast_generate(model, prompt, *rows(spec, sample=True), [0]) == plain
+    release()
