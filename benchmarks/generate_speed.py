@@ -161,11 +161,11 @@ def main() -> None:
     with torch.device(dev):
         model = LlamaForCausalLM(LlamaConfig(**shape, vocab_size=VOCAB)).eval()
     torch.set_default_dtype(previous)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_bytes = weight_bytes(model)
     layout, rules = setup_vocab()
     stops = [2, layout.token_id("<eos>")]
     n = args.new_tokens
-    results = {"benchmark": "generate_speed", "device": device_name(dev), "quick": quick, "params": weight_bytes // 2,
+    results = {"benchmark": "generate_speed", "device": device_name(dev), "quick": quick, "params": model_bytes // 2,
                "vocab": VOCAB, "new_tokens": n, "rows": []}
 
     def add(what, batch, seconds, tokens, **extra):
@@ -180,7 +180,7 @@ def main() -> None:
         seconds, _ = timed(lambda: [copy.copy_(block) for _ in range(10)], dev)
         bandwidth = 2 * block.numel() * 10 / seconds
         results["copy_bandwidth_gbs"] = bandwidth / 1e9
-        results["roofline_tokens_per_s"] = bandwidth / weight_bytes
+        results["roofline_tokens_per_s"] = bandwidth / model_bytes
         del block, copy
     prompt = [1] + torch.randint(3, 32000, (99,), generator=torch.Generator().manual_seed(1)).tolist()
     print(f"{'path':<44} {'batch':>5} {'seconds':>9} {'tokens/s':>11}")

@@ -13,10 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
-
 from anygpt import AnyGPTError
+from anygpt.data.requests import OrderedItems
 
 TURN_FIELDS = {"role", "text", "speak"}
 
@@ -115,7 +113,7 @@ def parse_conversation(record: object, index: int, modalities: set[str] | None =
     return conversation
 
 
-class ChatDataModule(LightningDataModule):
+class ChatDataModule(OrderedItems):
     """Serves conversations in input order, a batch at a time (their replies are generated together).
 
     Args:
@@ -128,12 +126,8 @@ class ChatDataModule(LightningDataModule):
 
     def __init__(self, conversations: list = [], conversations_file: str | None = None, batch_size: int = 4,
                  seed: int = 0):
-        super().__init__()
-        if batch_size < 1:
-            raise AnyGPTError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__(batch_size, seed)
         self.conversations, self.conversations_file = list(conversations), conversations_file
-        self.batch_size, self.seed = batch_size, seed
-        self.items: list[Conversation] = []
 
     def setup(self, stage: str) -> None:
         records = list(self.conversations)
@@ -144,12 +138,4 @@ class ChatDataModule(LightningDataModule):
             records = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         model = self.trainer.lightning_module if self.trainer is not None else None
         modalities = set(model.codecs) if model is not None else None
-        self.items = [parse_conversation(record, i, modalities) for i, record in enumerate(records)]
-        if not self.items:
-            raise AnyGPTError("no conversations: give data.conversations or data.conversations_file")
-        for conversation in self.items:
-            if conversation.seed is None:
-                conversation.seed = self.seed + conversation.index
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, collate_fn=list)
+        self.serve([parse_conversation(record, i, modalities) for i, record in enumerate(records)], "conversations")

@@ -115,7 +115,31 @@ def read_requests(requests: list[str | dict] = (), requests_file: str | None = N
     return [parse_record(item, i) if is_json else parse_line(item, i) for i, (item, is_json) in enumerate(items)]
 
 
-class RequestDataModule(LightningDataModule):
+class OrderedItems(LightningDataModule):
+    """Predict items (requests, conversations) served in input order, ``batch_size`` at a time; an item without a
+    seed gets ``seed + index``. Subclasses read their items in ``setup`` and hand them to ``serve``."""
+
+    def __init__(self, batch_size: int = 4, seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise AnyGPTError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size, self.seed = batch_size, seed
+        self.items: list = []
+
+    def serve(self, items: list, name: str) -> None:
+        """Keep ``items`` (each with ``seed`` and ``index``); none is an error naming ``data.{name}``."""
+        if not items:
+            raise AnyGPTError(f"no {name}: give data.{name} or data.{name}_file")
+        for item in items:
+            if item.seed is None:
+                item.seed = self.seed + item.index
+        self.items = items
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, collate_fn=list)
+
+
+class RequestDataModule(OrderedItems):
     """Serves predict requests in input order, a batch at a time.
 
     Args:
@@ -128,20 +152,8 @@ class RequestDataModule(LightningDataModule):
 
     def __init__(self, requests: list[str | dict] = [], requests_file: str | None = None, batch_size: int = 4,
                  seed: int = 0):
-        super().__init__()
-        if batch_size < 1:
-            raise AnyGPTError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__(batch_size, seed)
         self.requests, self.requests_file = list(requests), requests_file
-        self.batch_size, self.seed = batch_size, seed
-        self.items: list[Request] = []
 
     def setup(self, stage: str) -> None:
-        self.items = read_requests(self.requests, self.requests_file)
-        if not self.items:
-            raise AnyGPTError("no requests: give data.requests or data.requests_file")
-        for request in self.items:
-            if request.seed is None:
-                request.seed = self.seed + request.index
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, collate_fn=list)
+        self.serve(read_requests(self.requests, self.requests_file), "requests")

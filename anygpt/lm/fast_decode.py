@@ -280,6 +280,18 @@ def _tensors(table) -> dict[str, Tensor]:
     return {} if table is None else {k: v for k, v in vars(table).items() if isinstance(v, Tensor)}
 
 
+def left_padded(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Prompts as one left-padded block ``[B, W]``, the ``[B, length]`` mask of the cache slots they fill, and
+    their RoPE positions ``[B, W]`` (each prompt counts from 0)."""
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        valid[i, width - len(p):width] = True
+    return tokens, valid, (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+
+
 _CACHED: dict[str, object] = {}
 
 
@@ -329,13 +341,7 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     most = int(budgets.max())
     loop = _loop_for(model, batch, width + most, graphs, pad_id)
     static = loop.static
-    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
-    valid = torch.zeros((batch, static.length), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
-        valid[i, width - len(p):width] = True
-    tokens, valid = tokens.to(device), valid.to(device)
-    positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+    tokens, valid, positions = (t.to(device) for t in left_padded(prompts, static.length, pad_id))
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)
     loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width,
               filter_width(presets, vocab))

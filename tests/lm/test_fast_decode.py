@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from anygpt.lm.fast_decode import BUCKET, StaticLlama
+from anygpt.lm.fast_decode import BUCKET, StaticLlama, left_padded
 
 
 def llama(kv_heads: int) -> LlamaForCausalLM:
@@ -17,17 +17,6 @@ def llama(kv_heads: int) -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=1024)
     return LlamaForCausalLM(config).eval()
-
-
-def left_padded(prompts, length: int):
-    """Prompt ids left-padded to one width, the ``[B, length]`` mask of real slots, and RoPE positions."""
-    width = max(map(len, prompts))
-    tokens = torch.zeros((len(prompts), width), dtype=torch.long)
-    valid = torch.zeros((len(prompts), length), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p):] = torch.tensor(p)
-        valid[i, width - len(p):width] = True
-    return tokens, valid, (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])

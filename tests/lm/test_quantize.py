@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.fast_decode import StaticLlama
+from anygpt.lm.fast_decode import StaticLlama, left_padded
 
 pytest.importorskip("torchao", reason="quantization needs torchao (pip install 'anygpt[quant]')")
 
 from anygpt.lm.quantize import is_quantized, quantize_backbone  # noqa: E402
 
-from .test_fast_decode import left_padded, llama, tiny_setup  # noqa: E402
+from .test_fast_decode import llama, tiny_setup  # noqa: E402
 
 
 @pytest.mark.parametrize("rows", [1, 2])  # batch 1: the decode layer on separate int8 weights; 2: transformers' modules
