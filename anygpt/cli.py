@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from pathlib import Path
 
 USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat} --config CONFIG.yaml [--section.key VALUE ...]
+       anygpt export --ckpt_path CKPT --output_dir DIR [--max_shard_size 5GB] [--dtype bfloat16]
 
 AnyGPT: one language model that reads and writes text, speech, image and music tokens.
 
@@ -24,6 +26,7 @@ subcommands:
   test       as validate, on the test split
   tokenize   encode a corpus (manifest of media + text) into token shards, resumable, on CPU or N GPUs
   chat       talk to the model interactively: type messages, attach image/speech/music files, hear replies
+  export     write a fit checkpoint as a Hugging Face folder (config, safetensors, tokenizer)
 
 examples:
   anygpt predict --config configs/tiny.yaml
@@ -33,6 +36,7 @@ examples:
   anygpt tokenize --config configs/tokenize/speech.yaml --data.manifest my_corpus.jsonl
   anygpt predict --config configs/chat.yaml --data.init_args.conversations_file my_conversations.jsonl
   anygpt chat --config configs/chat.yaml
+  anygpt export --ckpt_path runs/last.ckpt --output_dir my-anygpt
 
 Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 """
@@ -43,6 +47,7 @@ def _cli_class():
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+    from anygpt import AnyGPTError
     from anygpt.lm.unified import UnifiedLM
 
     class RunConfigCallback(SaveConfigCallback):
@@ -67,6 +72,16 @@ def _cli_class():
                 args=args,
                 **kwargs,
             )
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            ckpt = self.config_init[subcommand].get("ckpt_path")
+            if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
+                raise AnyGPTError(f"--ckpt_path {ckpt}: no such checkpoint file or folder")
+            if ckpt and Path(ckpt).is_dir():
+                from anygpt.lm.checkpoints import check_sharded_folder
+
+                check_sharded_folder(Path(ckpt))
+            super()._run_subcommand(subcommand)
 
     return AnyGPTCLI
 
@@ -137,6 +152,10 @@ def main(args: list[str] | None = None) -> None:
 
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
             run_chat(argv[1:])
+        elif argv[0] == "export":
+            from anygpt.lm.export import main as export_main
+
+            export_main(argv[1:])
         else:
             _cli_class()(args=args)
     except AnyGPTError as err:

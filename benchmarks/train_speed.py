@@ -14,16 +14,18 @@ MFU counts 6 x parameters + 12 x layers x hidden x block FLOPs per token, as the
 timed with CUDA synchronisation.
 
     python benchmarks/train_speed.py --device cuda                                  # anchor and fit variants
-    python benchmarks/train_speed.py --device cuda --shape 7b --variants packed --precision bf16-true \
-        --strategy fsdp --gradient-checkpointing --batch 1                            # LLaMA-2-7B on one GPU
+    python benchmarks/train_speed.py --device cuda --shape 7b --variants packed+compile \
+        --gradient-checkpointing 1 --batch 1                                          # LLaMA-2-7B on one GPU
     python benchmarks/train_speed.py --device cpu --quick                            # tiny shape: a smoke run
 
-Several GPUs (issue: FSDP scaling): one process per run, rows per GPU (``tokens_per_s`` is rank 0's, MFU per GPU),
-``tokens_per_s_all_devices`` assumes balanced ranks. Scaling efficiency = 2-GPU per-GPU tokens/s / 1-GPU tokens/s:
+Several GPUs: one process per run, rows per GPU (``tokens_per_s`` is rank 0's, MFU per GPU), and
+``tokens_per_s_all_devices`` assumes balanced ranks. ``--strategy fsdp2`` is ``anygpt.lm.sharding.FSDP2Strategy``
+(per-layer ``fully_shard``, bf16 gathers with float32 reductions, layers compiled inside their shard units);
+``fsdp`` is Lightning's FSDP1 wrapper. Scaling efficiency = multi-GPU per-GPU tokens/s / best 1-GPU tokens/s:
 
-    python benchmarks/train_speed.py --device cuda --variants packed --strategy fsdp --devices 1 --out benchmarks/results/fsdp_1gpu.json
-    python benchmarks/train_speed.py --device cuda --variants packed --strategy fsdp --devices 2 --out benchmarks/results/fsdp_2gpu.json
-    python -m pytest -m gpu tests/test_distributed_fit.py   # a 2-GPU FSDP checkpoint gives the same loss on 1 GPU
+    python benchmarks/train_speed.py --device cuda --variants packed+compile --strategy fsdp2 --devices 2 --out benchmarks/results/train_speed_2gpu.json
+    python benchmarks/train_speed.py --device cuda --shape 7b --variants packed+compile --strategy fsdp2 --devices 2 --batch 2 --gradient-checkpointing 4 --out benchmarks/results/train_speed_7b_2gpu.json
+    python -m pytest -m gpu tests/test_distributed_fit.py   # 2-GPU checkpoints resume on 2 GPUs and on 1
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 from lightning.pytorch import Callback
 from timing import device_name, sync, write_json
 
-PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}  # H100 SXM dense bf16; the CPU figure only keeps the smoke run defined
+PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}  # H100 and H200 SXM dense bf16; the CPU figure only keeps the smoke run defined
 SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
                num_key_value_heads=16, max_position_embeddings=4096),
@@ -148,19 +150,23 @@ def run(args, variant: str, folder: Path) -> dict:
                   "init_args": {"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}}},
     }
     strategy = "auto"
+    recompute = args.gradient_checkpointing
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": args.devices, "logger": False,
                     "precision": args.precision, "strategy": strategy, "max_steps": args.warmup + args.steps, "limit_val_batches": 0,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"backbone": shape, "tokenizer": "tiny", "codecs": tiny_codecs, "attn_implementation": attn,
-                  "gradient_checkpointing": args.gradient_checkpointing, "compile": option == "compile",
+                  "gradient_checkpointing": recompute, "compile": option == "compile",
                   "optimizer": {"class_path": "torch.optim.AdamW",
                                 "init_args": {"lr": 3e-5, "weight_decay": 0.0, "fused": args.device == "cuda"}}},
         "data": {"class_path": "anygpt.data.pretrain.PretrainDataModule",
                  "init_args": {"datasets": [{"files": [str(folder / "pairs.jsonl")]}], "block_size": args.block,
                                "batch_size": args.batch, "examples_per_epoch": 2000}},
     }
+    if args.strategy == "fsdp2":
+        config["trainer"]["strategy"] = {"class_path": "anygpt.lm.sharding.FSDP2Strategy",
+                                         "init_args": {"reshard_after_forward": not args.keep_gathered}}
     if args.strategy == "fsdp":
         config["trainer"]["strategy"] = {
             "class_path": "lightning.pytorch.strategies.FSDPStrategy",
@@ -174,7 +180,7 @@ def run(args, variant: str, folder: Path) -> dict:
     model.resize_token_embeddings(VOCAB)  # AnyGPT's vocabulary size: the LM head's real cost
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     params = sum(p.numel() for p in cli.model.backbone.parameters())
-    if args.strategy == "fsdp":  # sharded flat parameters: count the shape's own
+    if args.strategy != "auto":  # sharded parameters: count the shape's own
         params = sum(p.numel() for p in _fresh_shape_params(shape))
     return result(args, variant, shape, params, sum(timer.tokens) / sum(timer.times), len(timer.times))
 
@@ -193,14 +199,17 @@ def main() -> None:
                         help="plain[+compile] (the anchor loop) or an attn_implementation[+compile] of anygpt fit")
     parser.add_argument("--shape", choices=["1b", "7b"], default="1b")
     parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "bf16-true"])
-    parser.add_argument("--strategy", default="auto", choices=["auto", "fsdp"])
+    parser.add_argument("--strategy", default="auto", choices=["auto", "fsdp", "fsdp2"])
+    parser.add_argument("--keep-gathered", action="store_true",
+                        help="fsdp2: keep each layer's gathered weights from forward to backward (no re-gather)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--block", type=int, default=4096)
     parser.add_argument("--devices", type=int, default=1,
                         help="GPUs of one fit (one fit variant per process; rows are per GPU, rank 0 writes)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", type=int, default=0, nargs="?", const=1,
+                        help="recompute every k-th decoder layer (no value: every layer; 0: none)")
     parser.add_argument("--quick", action="store_true", help="tiny shape, short blocks (CPU smoke run)")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()

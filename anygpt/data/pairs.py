@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
+from anygpt.data.resumable import ResumableData, StreamLoader, StreamState, shuffled_epochs
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def collate_examples(batch: list[tuple[list[int], str]], pad_id: int = 0) -> dic
     return collate_labelled([(ids, ids, task) for ids, task in batch], pad_id)
 
 
-class PairedJsonlDataModule(LightningDataModule):
+class PairedJsonlDataModule(ResumableData, LightningDataModule):
     """Trains and validates on AnyGPT-format JSONL pairs (text + one modality token string per line).
 
     The direction of each example (modality->text or text->modality) is drawn with ``to_text_prob`` from a
@@ -92,10 +93,10 @@ class PairedJsonlDataModule(LightningDataModule):
     Args:
         train_files: JSONL files for ``fit``.
         val_files: JSONL files for validation (``fit`` and ``validate``).
-        batch_size: Sequences per batch.
+        batch_size: Sequences per batch and process (a resumed fit keeps the checkpoint's global batch).
         max_length: Longest sequence; longer ones are cut (and then get no ``</s>``).
         to_text_prob: Probability of the modality->text direction.
-        seed: Seed of the direction and instruction draws.
+        seed: Seed of the direction and instruction draws and of the training order (new every epoch).
         num_workers: DataLoader workers.
     """
 
@@ -108,6 +109,7 @@ class PairedJsonlDataModule(LightningDataModule):
         self.batch_size, self.max_length, self.num_workers = batch_size, max_length, num_workers
         self.to_text_prob, self.seed = to_text_prob, seed
         self.train, self.val, self.problems = [], [], []
+        self.stream: StreamState | None = None
 
     def setup(self, stage: str) -> None:
         model = self.trainer.lightning_module
@@ -125,15 +127,15 @@ class PairedJsonlDataModule(LightningDataModule):
             self.problems += bad
             if not self.train:
                 raise AnyGPTError(f"no usable records in {self.train_files} ({len(bad)} malformed)")
+            self.stream = StreamState(self.train_files, {"seed": self.seed, "max_length": self.max_length,
+                                                         "to_text_prob": self.to_text_prob})
         self.val, bad = read_examples(self.val_files, build, self.seed)
         self.problems += bad
 
-    def _loader(self, data, shuffle: bool) -> DataLoader:
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=partial(collate_examples, pad_id=self.pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+    def train_dataloader(self) -> StreamLoader:
+        return StreamLoader(shuffled_epochs(self.train, self.seed), partial(collate_examples, pad_id=self.pad_id),
+                            self.batch_size, self.trainer, self.stream, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, shuffle=False)
+        return DataLoader(self.val, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=partial(collate_examples, pad_id=self.pad_id))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from anygpt import AnyGPTError
 from anygpt.data.packing import collate_packed, pack_greedy
 from anygpt.data.pairs import read_examples
+from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
 
 
 def _check_specs(specs: list[dict], where: str) -> list[dict]:
@@ -39,20 +40,23 @@ def _check_specs(specs: list[dict], where: str) -> list[dict]:
     return checked
 
 
-class PretrainDataModule(LightningDataModule):
+class PretrainDataModule(ResumableData, LightningDataModule):
     """Weighted mixture of AnyGPT-format datasets, packed into blocks of ``block_size`` tokens.
 
     An epoch draws ``examples_per_epoch`` examples: each draw picks a dataset with probability proportional to its
     weight (modality-balanced sampling) and takes that dataset's next example in a seeded shuffled order, starting
-    over when it runs out. The examples are then packed whole, in draw order, into blocks (map-style, so several
-    devices split the blocks). Validation packs every validation example once, in file order.
+    over when it runs out. The examples are then packed whole, in draw order, into blocks. The blocks of epoch 0,
+    1, ... form one stream that the processes split step by step (``anygpt.data.resumable``): a fit resumed from a
+    checkpoint goes on with the same blocks, on any number of processes that divides the global batch. Validation
+    packs every validation example once, in file order.
 
     Args:
         datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each; files are
             AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``).
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
-        batch_size: Blocks per batch.
+        batch_size: Blocks per batch and process (global batch: x processes; a resumed fit keeps the checkpoint's
+            global batch).
         examples_per_epoch: Draws per epoch; None: as many as the datasets hold together.
         seed: Seed of the directions, instructions, shuffles and draws.
         num_workers: DataLoader workers.
@@ -71,6 +75,7 @@ class PretrainDataModule(LightningDataModule):
         self.val_blocks: list = []
         self.problems: list[str] = []
         self.task_names: list[str] = []
+        self.stream: StreamState | None = None
 
     def _read(self, spec: dict, model: Any) -> list[tuple[list[int], str]]:
         def build(record, rng):
@@ -90,6 +95,9 @@ class PretrainDataModule(LightningDataModule):
             empty = [spec["name"] for spec, data in zip(self.specs, self.train_sets) if not data]
             if empty:
                 raise AnyGPTError(f"no usable records in datasets {empty}")
+            settings = {"seed": self.seed, "block_size": self.block_size, "examples_per_epoch": self.examples_per_epoch,
+                        "datasets": [{k: spec[k] for k in ("name", "weight", "to_text_prob")} for spec in self.specs]}
+            self.stream = StreamState([f for spec in self.specs for f in spec["files"]], settings)
         if stage in ("fit", "validate"):
             if stage == "validate" and not self.val_specs:
                 raise AnyGPTError("data.val_datasets is empty: validate needs at least one dataset")
@@ -119,9 +127,9 @@ class PretrainDataModule(LightningDataModule):
         return DataLoader(blocks, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate)
 
-    def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self._loader(self.train_blocks(epoch), shuffle=False)
+    def train_dataloader(self) -> StreamLoader:
+        collate = partial(collate_packed, task_names=self.task_names, pad_id=self.pad_id)
+        return StreamLoader(self.train_blocks, collate, self.batch_size, self.trainer, self.stream, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_blocks, shuffle=False)

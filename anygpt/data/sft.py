@@ -13,12 +13,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
 from anygpt.data.pairs import collate_labelled, read_examples
+from anygpt.data.resumable import ResumableData, StreamLoader, StreamState, shuffled_epochs
 
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
           "speech, images and audio.")
@@ -67,7 +67,7 @@ def conversation_example(tokenizer: Any, record: dict, eos_id: int, answer_start
     return ids[:max_length], labels[:max_length]
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(ResumableData, LightningDataModule):
     """AnyInstruct-style conversations for ``fit`` / ``validate``; loss on assistant turns only.
 
     Malformed lines (bad JSON, roles out of order, empty messages, unknown media tokens) are skipped with a warning
@@ -76,10 +76,10 @@ class SFTDataModule(LightningDataModule):
     Args:
         train_files: JSONL files for ``fit``.
         val_files: JSONL files for validation.
-        batch_size: Conversations per batch.
+        batch_size: Conversations per batch and process (a resumed fit keeps the checkpoint's global batch).
         max_length: Longest sequence; longer ones are cut.
         system: The system line that opens every conversation.
-        seed: Seed of the shuffle.
+        seed: Seed of the shuffle (a new order every epoch; a resumed fit goes on with the same batches).
         num_workers: DataLoader workers.
     """
 
@@ -90,6 +90,7 @@ class SFTDataModule(LightningDataModule):
         self.batch_size, self.max_length, self.system = batch_size, max_length, system
         self.seed, self.num_workers = seed, num_workers
         self.train, self.val, self.problems = [], [], []
+        self.stream: StreamState | None = None
 
     def setup(self, stage: str) -> None:
         model = self.trainer.lightning_module
@@ -110,18 +111,17 @@ class SFTDataModule(LightningDataModule):
             self.problems += bad
             if not self.train:
                 raise AnyGPTError(f"no usable conversations in {self.train_files} ({len(bad)} malformed)")
+            self.stream = StreamState(self.train_files, {"seed": self.seed, "max_length": self.max_length,
+                                                         "system": self.system})
         if stage == "validate" and not self.val_files:
             raise AnyGPTError("data.val_files is empty: validate needs at least one JSONL file")
         self.val, bad = read_examples(self.val_files, build, self.seed)
         self.problems += bad
 
-    def _loader(self, data, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=generator, collate_fn=partial(collate_labelled, pad_id=self.pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+    def train_dataloader(self) -> StreamLoader:
+        return StreamLoader(shuffled_epochs(self.train, self.seed), partial(collate_labelled, pad_id=self.pad_id),
+                            self.batch_size, self.trainer, self.stream, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, shuffle=False)
+        return DataLoader(self.val, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=partial(collate_labelled, pad_id=self.pad_id))

@@ -289,6 +289,8 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
 def _fast(model, prompts, presets, grammars, seeds, pad_id) -> list[list[int]] | None:
     if getattr(model.config, "model_type", None) != "llama" or not all(isinstance(g, SpanGrammar) for g in grammars):
         return None
+    if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
+        return None
     from anygpt.lm.fast_decode import fast_generate
 
     return fast_generate(model, prompts, presets, grammars, seeds, pad_id=pad_id)

@@ -18,6 +18,7 @@ from anygpt.data.chat import Conversation
 from anygpt.data.requests import Request
 from anygpt.lm.chat_session import answer
 from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, generate
+from anygpt.lm.lora import LoraSpec, add_lora, base_model, drop_frozen, merge_lora, refill_frozen
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.lm.vocab import SPECIALS, VocabLayout
@@ -42,19 +43,28 @@ class UnifiedLM(LightningModule):
         instructions: JSON file of instruction pools (``{"from_text": {...}, "to_text": {...}}``); None uses the
             built-in phrasings.
         grammar: Constrain generated spans to what the target codec accepts.
-        dtype: Weight dtype of a loaded backbone (``float32``, ``bfloat16``, ``float16``).
+        dtype: Weight dtype of the backbone, loaded or fresh (``float32``, ``bfloat16``, ``float16``).
         seed: Seed of a fresh backbone's initialisation and of requests that carry no seed.
         added_tokens: Plain tokens to add after the codec blocks where the tokenizer lacks them (SFT:
             ``["<-Res->", "<-Ins->"]``, ids 49418/49419 after AnyGPT-base's vocabulary); embeddings are resized.
         attn_implementation: The backbone's attention kernels (``packed``, ``sdpa``, ``flex_attention``,
             ``flash_attention_2``, ``eager``); None keeps transformers' choice. ``packed`` trains packed blocks with
             FlashAttention varlen kernels on CUDA (no dense mask, no work across documents) and is SDPA elsewhere.
-        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % more compute).
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % more compute):
+            ``true`` every decoder layer, an integer ``k`` every k-th layer (selective: less recomputation for
+            some more memory), ``false`` none.
         compile: ``torch.compile`` each decoder layer and the loss when fitting (a one-off warm-up of about a
             minute; faster steps).
         quantize: ``int8`` stores the backbone's linear weights in int8 with one scale per output row (torchao,
-            ``pip install 'anygpt[quant]'``): a 7B backbone then needs ~7 GB instead of 13.5 GB. For prediction and
-            chat only; decoding at batch 1 gets faster, larger batches slower (see benchmarks/generate_speed.py).
+            ``pip install 'anygpt[quant]'``): a 7B backbone then needs ~7 GB instead of 13.5 GB. For prediction,
+            chat and ``lora`` fits (QLoRA: the int8 weights stay frozen); decoding at batch 1 gets faster, larger
+            batches slower (see benchmarks/generate_speed.py).
+        lora: Fine-tune LoRA adapters instead of the whole backbone (through peft), e.g. ``{r: 16, alpha: 32,
+            dropout: 0.05, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj],
+            train_token_rows: true}`` (these are the defaults; ``{}`` takes them all). ``train_token_rows`` also
+            trains the embedding and output rows of every id from the text vocabulary's size on (codec tokens,
+            role and added tokens); the text rows stay frozen. Checkpoints hold the trained tensors only;
+            ``merge_adapters()`` folds them into the base weights. None: every weight trains.
         optimizer: Optimizer factory for ``fit``; None is AdamW(lr=2e-5, weight_decay=0).
         lr_scheduler: Scheduler factory for ``fit``; None keeps the learning rate constant.
     """
@@ -72,9 +82,10 @@ class UnifiedLM(LightningModule):
         seed: int = 0,
         added_tokens: list[str] = [],
         attn_implementation: str | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | int = False,
         compile: bool = False,
         quantize: Literal["int8"] | None = None,
+        lora: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
@@ -98,6 +109,7 @@ class UnifiedLM(LightningModule):
             raise AnyGPTError(f"prompt_format {prompt_format!r} is not supported (choose 'base')")
         self.prompt_format, self.grammar, self.seed = prompt_format, grammar, seed
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.lora = LoraSpec.parse(lora)
 
         if tokenizer is None and isinstance(backbone, dict):
             raise AnyGPTError("a backbone built from a config needs `tokenizer` (a folder, repo id or 'tiny')")
@@ -105,14 +117,21 @@ class UnifiedLM(LightningModule):
         self.added_tokens = list(added_tokens)
         self.layout = self._build_layout()
         self.backbone = self._build_backbone(backbone, dtype, attn_implementation)
-        if gradient_checkpointing:
+        self.recompute_every = int(gradient_checkpointing)
+        if self.recompute_every < 0:
+            raise AnyGPTError(f"gradient_checkpointing must be true, false or k >= 1, got {gradient_checkpointing}")
+        if self.recompute_every:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for index, layer in enumerate(getattr(getattr(self.backbone, "model", None), "layers", [])):
+                layer.gradient_checkpointing = index % self.recompute_every == self.recompute_every - 1
         self.compile_training, self._loss_fn = compile, token_cross_entropy
         self.quantized = quantize
         if quantize:
             from anygpt.lm.quantize import quantize_backbone
 
             quantize_backbone(self.backbone, quantize)
+        if self.lora:
+            self.backbone = add_lora(self.backbone, self.lora, self.layout.base_size)
         self.reply_end_id = self.layout.token_id("<eos>")
         self.stop_ids = [self.reply_end_id, self.tokenizer.eos_id]
         self.metrics = nn.ModuleDict()
@@ -138,7 +157,7 @@ class UnifiedLM(LightningModule):
         return layout
 
     def _build_backbone(self, backbone: str | dict, dtype: str, attn_implementation: str | None) -> nn.Module:
-        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM, LlamaConfig
 
         if attn_implementation == "packed":
             from anygpt.lm.packed_attention import register
@@ -150,7 +169,7 @@ class UnifiedLM(LightningModule):
                 config._attn_implementation = attn_implementation
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                model = LlamaForCausalLM(config)
+                model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
         else:
             from anygpt.hub import resolve
 
@@ -362,17 +381,47 @@ class UnifiedLM(LightningModule):
         labels = batch["labels"][:, 1:]
         return self._loss_fn(logits, batch["labels"])[:, :-1], labels != -100
 
+    def configure_model(self) -> None:
+        """Under ``FSDP2Strategy`` (a device mesh is set): shard the backbone layer by layer with FSDP2, each layer
+        recomputed and compiled as configured (``anygpt.lm.sharding``). Other strategies: nothing to do."""
+        if self.device_mesh is None or getattr(self, "_sharded", False):
+            return
+        if self.lora:
+            raise AnyGPTError("lora fits run on one device with strategy: auto; FSDP2Strategy shards full fits only")
+        from anygpt.lm.sharding import shard_backbone
+
+        strategy = self.trainer.strategy
+        shard_backbone(self.backbone, self.device_mesh["data_parallel"], str(self.trainer.precision),
+                       compile=self.compile_training, recompute_every=self.recompute_every,
+                       reshard_after_forward=getattr(strategy, "reshard_after_forward", True))
+        self._sharded = True
+        if self.compile_training:
+            self._loss_fn = torch.compile(token_cross_entropy)
+
     def on_fit_start(self) -> None:
         if not self.compile_training or self._loss_fn is not token_cross_entropy:
             return
-        for layer in self.backbone.model.layers:
+        for layer in base_model(self.backbone).model.layers:
             getattr(layer, "module", layer).compile()  # the layer inside an FSDP wrapper
         self._loss_fn = torch.compile(token_cross_entropy)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Random draws (dropout) depend on the step and rank alone, so a resumed run draws what the whole run would.
+        torch.manual_seed(self.seed + 1_000_003 * (self.global_step + 1) + 7919 * self.global_rank)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses, valid = self._token_losses(batch)
-        loss = losses.sum() / valid.sum().clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        total, count = losses.sum(), valid.sum()
+        step_total, step_count = total.detach().clone(), count.clone()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:  # the mean over the whole step's tokens, however the step's items are split over processes
+            reduced = self.trainer.strategy.reduce(torch.stack([step_total.float(), step_count.float()]),
+                                                   reduce_op="sum")
+            step_total, step_count = reduced[0], reduced[1]
+        # Data-parallel strategies average the processes' gradients: scale by the world size to get the step mean.
+        loss = total * world / step_count.clamp(min=1)
+        self.log("train/loss", step_total / step_count.clamp(min=1), prog_bar=True,
+                 batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -419,8 +468,9 @@ class UnifiedLM(LightningModule):
             metric.reset()
 
     def configure_optimizers(self):
-        if self.quantized:
-            raise AnyGPTError(f"quantize: {self.quantized} weights are for predict and chat; fit needs quantize: null")
+        if self.quantized and not self.lora:
+            raise AnyGPTError(f"quantize: {self.quantized} weights are for predict and chat, or a fit with lora (QLoRA); "
+                              "a full fit needs quantize: null")
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
         if self.scheduler_factory is None:
@@ -430,13 +480,31 @@ class UnifiedLM(LightningModule):
     # Codecs are frozen and loaded from their own weights: checkpoints hold the backbone only.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
+        if getattr(self, "_sharded", False):
+            return  # a sharded checkpoint loads in place, every key included
         for key in [k for k in state if k.startswith("codec_modules.")]:
             del state[key]
+        if self.lora:  # the adapters and trained token rows only
+            drop_frozen(state, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.setdefault("state_dict", {})
         for key, value in self.codec_modules.state_dict().items():
             state.setdefault(f"codec_modules.{key}", value)
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+                raise AnyGPTError(f"the checkpoint does not fit the model: {key} is {tuple(value.shape)} in the "
+                                  f"checkpoint but {tuple(own[key].shape)} in the model (another model shape?)")
+        if self.lora:
+            refill_frozen(state, self)
+
+    def merge_adapters(self) -> None:
+        """Fold the LoRA adapters and trained token rows into the base weights, in place: ``self.backbone`` becomes
+        the plain transformers model (int8 weights come back dequantized), as if built without ``lora``."""
+        if self.lora:
+            self.backbone = merge_lora(self.backbone).requires_grad_(True)
+            self.lora, self.quantized = None, None
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
