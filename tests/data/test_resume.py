@@ -33,11 +33,12 @@ def fit(config: str, folder: Path, max_steps: int, devices: int, *extra: str) ->
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def step_losses(folder: Path) -> list[float]:
-    """Training losses in step order (Lightning's logged step number jumps by one after a resume from a
-    checkpoint written at an epoch's end, so the rows are taken in order)."""
+def step_losses(folder: Path, first: int = 0) -> list[float]:
+    """Training losses in step order; the logged steps must run on from ``first`` with no gap."""
     [metrics] = folder.rglob("metrics.csv")
-    return [float(row["train/loss"]) for row in csv.DictReader(metrics.open()) if row.get("train/loss")]
+    rows = [row for row in csv.DictReader(metrics.open()) if row.get("train/loss")]
+    assert [int(row["step"]) for row in rows] == list(range(first, first + len(rows))), "logged steps have a gap"
+    return [float(row["train/loss"]) for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_stopped_and_resumed_fit_gives_the_losses_of_an_uninterrupted_one(config
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
 
-    got = before + step_losses(tmp_path / "resumed")
+    got = before + step_losses(tmp_path / "resumed", first=STOP)
     assert len(expected) == len(got) == STEPS
     for step in range(STEPS):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}: {got[step]} vs {expected[step]}"
@@ -85,7 +86,7 @@ def test_resume_on_two_processes_from_one_keeps_the_global_batch(runs, tmp_path)
     _, part = runs(config, 1, STOP)
     resumed = fit(config, tmp_path / "resumed", STEPS, 2, "--ckpt_path", str(checkpoint(part)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = step_losses(tmp_path / "resumed")
+    after = step_losses(tmp_path / "resumed", first=STOP)
     assert len(after) == STEPS - STOP
     for step, loss in enumerate(after, start=STOP):  # the same tokens over two processes: float32 reduction order
         assert loss == pytest.approx(expected[step], rel=1e-4), f"step {step}: {loss} vs {expected[step]}"
