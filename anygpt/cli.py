@@ -43,8 +43,10 @@ Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 
 
 @functools.cache
-def _cli_class():
-    from lightning.pytorch import LightningDataModule
+def _cli_class(any_model: bool = False):
+    """The CLI over ``UnifiedLM`` (a config's ``model:`` holds its arguments), or with ``any_model`` over any
+    LightningModule that the config names (``model: {class_path, init_args}``: the codec trainers)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from anygpt import AnyGPTError
@@ -63,8 +65,9 @@ def _cli_class():
 
         def __init__(self, args=None, **kwargs):
             super().__init__(
-                UnifiedLM,
+                LightningModule if any_model else UnifiedLM,
                 LightningDataModule,
+                subclass_mode_model=any_model,
                 subclass_mode_data=True,
                 auto_configure_optimizers=False,
                 save_config_callback=RunConfigCallback,
@@ -123,9 +126,30 @@ def _tokenize_cli_class():
     return TokenizeCLI
 
 
+def names_other_model(argv: list[str]) -> bool:
+    """Whether the ``--config`` files of a command name a model class (``model: {class_path: ...}``) other than
+    ``UnifiedLM``; the last config that names one decides."""
+    import yaml
+
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    named = None
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports it
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            named = str(model["class_path"])
+    return named is not None and named.rsplit(".", 1)[-1] != "UnifiedLM"
+
+
 def __getattr__(name: str):
     if name == "AnyGPTCLI":  # built on first access, so importing this module stays light
         return _cli_class()
+    if name == "AnyModelCLI":  # configs that name their model class (codec and decoder trainers)
+        return _cli_class(True)
     if name == "TokenizeCLI":
         return _tokenize_cli_class()
     raise AttributeError(name)
@@ -157,7 +181,7 @@ def main(args: list[str] | None = None) -> None:
 
             export_main(argv[1:])
         else:
-            _cli_class()(args=args)
+            _cli_class(names_other_model(argv))(args=args)
     except AnyGPTError as err:
         print(f"anygpt: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

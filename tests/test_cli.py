@@ -21,7 +21,8 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "tests" / 
 def subcommand_for(path: Path) -> str:
     if "tokenize" in path.parts or path.name.startswith("tokenize"):
         return "tokenize"
-    return "fit" if "fit" in path.parts or path.name.startswith("fit") else "predict"
+    trains = {"fit", "codecs"} & set(path.parts) or path.name.startswith("fit")
+    return "fit" if trains else "predict"
 
 
 def test_top_level_help_is_instant(capsys):

@@ -33,16 +33,18 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def read_manifest(manifest: str | os.PathLike) -> tuple[list[dict], list[str]]:
+def read_manifest(manifest: str | os.PathLike, require_text: bool = True) -> tuple[list[dict], list[str]]:
     """Valid items ``{"path", "text", "where"}`` in order, and one ``where: reason`` per skipped entry.
 
     ``manifest`` is a JSONL file of ``{"path", "text"}`` records (relative paths are resolved against the file's
     folder; ``where`` is ``file:line``), or a folder of media files, each captioned by the ``.txt`` file of the
-    same name (``where`` is the media path). Entries without text or whose media file is missing are skipped.
+    same name (``where`` is the media path). Entries without text (unless ``require_text`` is False: codec
+    training reads media alone, text "") or whose media file is missing are skipped. Other fields of a JSONL record
+    are kept.
     """
     root = Path(manifest)
     if root.is_dir():
-        return _read_folder(root)
+        return _read_folder(root, require_text)
     if not root.is_file():
         raise AnyGPTError(f"manifest not found: {root}")
     items, problems = [], []
@@ -56,32 +58,33 @@ def read_manifest(manifest: str | os.PathLike) -> tuple[list[dict], list[str]]:
             except ValueError as err:
                 problems.append(f"{where}: bad JSON ({err.msg} at column {err.colno})")
                 continue
-            problem = _check_record(record, root.parent)
+            problem = _check_record(record, root.parent, require_text)
             if problem:
                 problems.append(f"{where}: {problem}")
             else:
-                items.append({"path": os.path.normpath(root.parent / record["path"]), "text": record["text"], "where": where})
+                items.append({**record, "path": os.path.normpath(root.parent / record["path"]),
+                              "text": record.get("text") or "", "where": where})
     return items, problems
 
 
-def _check_record(record: Any, folder: Path) -> str | None:
+def _check_record(record: Any, folder: Path, require_text: bool = True) -> str | None:
     if not isinstance(record, dict):
         return "not a JSON object"
     if not isinstance(record.get("path"), str) or not record["path"].strip():
         return "no 'path'"
-    if not isinstance(record.get("text"), str) or not record["text"].strip():
+    if require_text and (not isinstance(record.get("text"), str) or not record["text"].strip()):
         return "no 'text' (or it is empty)"
     if not (folder / record["path"]).is_file():
         return f"media file not found: {os.path.normpath(folder / record['path'])}"
     return None
 
 
-def _read_folder(root: Path) -> tuple[list[dict], list[str]]:
+def _read_folder(root: Path, require_text: bool = True) -> tuple[list[dict], list[str]]:
     items, problems = [], []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file()):
         caption = path.with_suffix(".txt")
         text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
-        if text:
+        if text or not require_text:
             items.append({"path": str(path), "text": text, "where": str(path)})
         else:
             problems.append(f"{path}: no caption ({caption.name} is missing or empty)")

@@ -1,0 +1,87 @@
+"""Audio clips for codec training, and `anygpt fit` on a model class that the config names."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from anygpt.training.media_data import AudioClipsDataModule
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_corpus(folder: Path) -> Path:
+    """Three tones (2.0 s, 0.5 s at 8 kHz, 1.5 s at 16 kHz), a corrupt file, a missing one; a manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, seconds, rate, freq in [("a.wav", 2.0, 16000, 220), ("b.wav", 0.5, 8000, 440), ("c.flac", 1.5, 16000, 330)]:
+        t = np.arange(int(seconds * rate)) / rate
+        soundfile.write(folder / name, 0.5 * np.sin(2 * math.pi * freq * t), rate)
+    (folder / "bad.wav").write_bytes(b"RIFF not audio at all" * 10)
+    manifest = folder / "train.jsonl"
+    lines = [{"path": n} for n in ("a.wav", "b.wav", "c.flac", "bad.wav", "gone.wav")]
+    lines[0]["phonemes"] = [["a", 0.0, 2.0]]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+class FakeTrainer:
+    global_rank, world_size, current_epoch = 0, 1, 0
+
+
+def test_unreadable_media_are_skipped_and_counted(tmp_path):
+    data = AudioClipsDataModule(train=str(write_corpus(tmp_path)), clip_seconds=1.0, batch_size=3)
+    data.setup("fit")
+    assert [Path(i["path"]).name for i in data.train_items] == ["a.wav", "b.wav", "c.flac"]
+    assert len(data.skipped) == 2
+    assert any("bad.wav" in s and "not readable as audio" in s for s in data.skipped)
+    assert any("gone.wav" in s and "not found" in s for s in data.skipped)
+
+
+def test_clips_are_cropped_resampled_padded_and_masked(tmp_path):
+    data = AudioClipsDataModule(train=str(write_corpus(tmp_path)), clip_seconds=1.0, batch_size=3, seed=3)
+    data.setup("fit")
+    data.trainer = FakeTrainer()  # the loader reads the rank, world size and epoch from the trainer
+    loader = data.train_dataloader()
+    assert len(loader) == 1
+    [batch] = list(loader)
+    assert batch["audio"].shape == batch["mask"].shape == (3, 16000)
+    for row, item in enumerate(batch["items"]):
+        real = int(batch["mask"][row].sum())
+        name = Path(item["path"]).name
+        assert real == (8000 if name == "b.wav" else 16000)  # b.wav: 0.5 s resampled from 8 kHz
+        assert torch.all(batch["audio"][row, real:] == 0)
+        assert 0 <= batch["offset"][row] <= item["seconds"] - 1.0 + 1e-6 or name == "b.wav"
+        # the clip is the tone at the file's own frequency: compare with the analytic signal at that offset
+        freq = {"a.wav": 220, "b.wav": 440, "c.flac": 330}[name]
+        t = float(batch["offset"][row]) + torch.arange(real, dtype=torch.float64) / 16000
+        expected = 0.5 * torch.sin(2 * math.pi * freq * t)
+        assert torch.allclose(batch["audio"][row, 100:real - 100].double(), expected[100:real - 100], atol=2e-2)
+    assert batch["items"][0].get("phonemes") or any(i.get("phonemes") for i in batch["items"])
+
+
+def test_fit_trains_a_model_class_that_the_config_names(tmp_path, monkeypatch):
+    """`anygpt fit` builds the LightningModule named by `model.class_path` (not UnifiedLM) and trains it."""
+    from anygpt.cli import main, names_other_model
+
+    manifest = write_corpus(tmp_path / "media")
+    config = tmp_path / "toy.yaml"
+    config.write_text(json.dumps({
+        "trainer": {"accelerator": "cpu", "max_steps": 30, "logger": False, "enable_checkpointing": False,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"class_path": "tests.training.toy_gain.ToyGain", "init_args": {"target": 0.5}},
+        "data": {"class_path": "anygpt.training.media_data.AudioClipsDataModule",
+                 "init_args": {"train": str(manifest), "clip_seconds": 0.5, "batch_size": 1}}}))
+    assert names_other_model(["fit", "--config", str(config)])
+    assert not names_other_model(["fit", "--config", str(ROOT / "tests/configs/fit_tiny.yaml")])
+    monkeypatch.chdir(ROOT)
+    from anygpt.cli import AnyModelCLI
+
+    cli = AnyModelCLI(args=["fit", "--config", str(config)])
+    assert type(cli.model).__name__ == "ToyGain"
+    assert float(cli.model.gain) == pytest.approx(0.5, abs=0.05)
