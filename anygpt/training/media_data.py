@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
-from functools import partial
 from typing import Any
 
 import torch
@@ -70,7 +70,84 @@ def collate_clips(items: list[tuple[dict, float]], sample_rate: int, clip: int) 
             "items": records}
 
 
-class AudioClipsDataModule(ResumableData, LightningDataModule):
+class MediaDataModule(ResumableData, LightningDataModule):
+    """What the media data modules share: manifests read at setup (unreadable files skipped, named, counted), the
+    resumable stream of training items, and one validation pass over ``val`` in order.
+
+    Subclasses give ``probe(item)`` (raises ``AnyGPTError`` for an unreadable file; may add fields to the item),
+    ``draw(item, rng)`` (the random part of a training item: a clip offset, a crop), ``collate`` and ``settings``.
+    """
+
+    def __init__(self, train: str | None, val: str | None, batch_size: int, seed: int, num_workers: int):
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise AnyGPTError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        self.train_source, self.val_source = train, val
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.train_items: list[dict] = []
+        self.val_items: list[dict] = []
+        self.skipped: list[str] = []
+
+    def probe(self, item: dict) -> None:
+        raise NotImplementedError
+
+    def draw(self, item: dict, rng: random.Random) -> Any:
+        raise NotImplementedError
+
+    def collate(self, items: list[tuple[dict, Any]]) -> dict:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {"seed": self.seed}
+
+    def _read(self, source: str) -> list[dict]:
+        from anygpt.data.corpus import read_manifest
+
+        items, problems = read_manifest(source, require_text=False)
+        usable = []
+        for item in items:
+            try:
+                self.probe(item)
+                usable.append(item)
+            except AnyGPTError as err:
+                problems.append(str(err))
+        for problem in problems:
+            log.warning("skipped %s", problem)
+        self.skipped += problems
+        return usable
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            if not self.train_source:
+                raise AnyGPTError("data.train is empty: fit needs a manifest or folder of media")
+            self.train_items = self._read(self.train_source)
+            if not self.train_items:
+                raise AnyGPTError(f"no readable media in {self.train_source} ({len(self.skipped)} skipped)")
+            listing = hashlib.sha1("\n".join(f"{item['path']}:{os.path.getsize(item['path'])}"
+                                             for item in self.train_items).encode()).hexdigest()[:16]
+            # the stream is named by the media's names and sizes, not their bytes (corpora are large)
+            self.stream = StreamState([], {**self.settings(), "media": listing})
+        if stage in ("fit", "validate") and self.val_source:
+            self.val_items = self._read(self.val_source)
+        if self.skipped:
+            log.warning("%d media files skipped (data module's `skipped` lists them)", len(self.skipped))
+
+    def _epoch(self, k: int) -> list[tuple[dict, Any]]:
+        rng = random.Random(f"{self.seed}:{k}")
+        order = rng.sample(range(len(self.train_items)), len(self.train_items))
+        return [(self.train_items[i], self.draw(self.train_items[i], rng)) for i in order]
+
+    def train_dataloader(self) -> StreamLoader:
+        return StreamLoader(self._epoch, self.collate, self.batch_size, self.trainer, self.stream, self.num_workers)
+
+    def val_dataloader(self) -> Any:
+        if not self.val_items:
+            return []
+        return DataLoader([(item, None) for item in self.val_items], batch_size=self.batch_size,
+                          num_workers=self.num_workers, collate_fn=self.collate)
+
+
+class AudioClipsDataModule(MediaDataModule):
     """Fixed-length audio clips for codec and decoder training.
 
     Args:
@@ -85,63 +162,98 @@ class AudioClipsDataModule(ResumableData, LightningDataModule):
 
     def __init__(self, train: str | None = None, val: str | None = None, sample_rate: int = 16000,
                  clip_seconds: float = 3.0, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
-        super().__init__()
-        if clip_seconds <= 0 or batch_size < 1 or sample_rate < 1:
-            raise AnyGPTError(f"need clip_seconds > 0, batch_size >= 1 and sample_rate >= 1, got {clip_seconds}, "
-                              f"{batch_size}, {sample_rate}")
-        self.train_source, self.val_source = train, val
+        super().__init__(train, val, batch_size, seed, num_workers)
+        if clip_seconds <= 0 or sample_rate < 1:
+            raise AnyGPTError(f"need clip_seconds > 0 and sample_rate >= 1, got {clip_seconds} and {sample_rate}")
         self.sample_rate, self.clip = sample_rate, int(round(clip_seconds * sample_rate))
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.train_items: list[dict] = []
-        self.val_items: list[dict] = []
-        self.skipped: list[str] = []
 
-    def _read(self, source: str) -> list[dict]:
-        from anygpt.data.corpus import read_manifest
+    def probe(self, item: dict) -> None:
+        item["seconds"] = audio_seconds(item["path"])
 
-        items, problems = read_manifest(source, require_text=False)
-        usable = []
-        for item in items:
+    def draw(self, item: dict, rng: random.Random) -> float:
+        return rng.uniform(0, max(0.0, item["seconds"] - self.clip / self.sample_rate))
+
+    def collate(self, items: list[tuple[dict, float | None]]) -> dict:
+        return collate_clips([(item, offset or 0.0) for item, offset in items], self.sample_rate, self.clip)
+
+    def settings(self) -> dict:
+        return {"seed": self.seed, "clip": self.clip, "sample_rate": self.sample_rate}
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """Width and height of an image file, checked readable.
+
+    Raises:
+        AnyGPTError: The file cannot be read as an image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+            return image.size
+    except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a bad file
+        raise AnyGPTError(f"{path}: not readable as an image ({str(err).strip().splitlines()[0][:120]})") from None
+
+
+def read_crop(path: str, size: int, corner: tuple[float, float] = (0.5, 0.5), flip: bool = False) -> torch.Tensor:
+    """An RGB image scaled so its shorter side is ``size`` (bicubic), cut to ``size x size`` with the crop's
+    top-left at fractions ``corner`` of the free room; ``[3, size, size]`` in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = round(corner[0] * (width - size)), round(corner[1] * (height - size))
+        image = image.crop((left, top, left + size, top + size))
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+class ImageFilesDataModule(MediaDataModule):
+    """Square images for image codec and decoder training: shorter side scaled to ``image_size``, then a random crop
+    (and horizontal flip) in training, the centre in validation. Batches: ``{"image": [B, 3, S, S] in [0, 1],
+    "items": [records]}``.
+
+    Args:
+        train: Training images: a manifest (JSONL of ``{"path", ...}``) or a folder of images.
+        val: Validation images, same forms. None: no validation.
+        image_size: Side of the square crops.
+        flip: Flip training crops left-right with probability 1/2.
+        batch_size: Images per batch and process.
+        seed: Seed of the training order, crops and flips.
+        num_workers: Processes that read and resize images.
+    """
+
+    def __init__(self, train: str | None = None, val: str | None = None, image_size: int = 224, flip: bool = True,
+                 batch_size: int = 8, seed: int = 0, num_workers: int = 0):
+        super().__init__(train, val, batch_size, seed, num_workers)
+        if image_size < 1:
+            raise AnyGPTError(f"image_size must be >= 1, got {image_size}")
+        self.image_size, self.flip = image_size, flip
+
+    def probe(self, item: dict) -> None:
+        item["width"], item["height"] = image_size(item["path"])
+
+    def draw(self, item: dict, rng: random.Random) -> tuple[float, float, bool]:
+        return rng.random(), rng.random(), self.flip and rng.random() < 0.5
+
+    def collate(self, items: list[tuple[dict, tuple | None]]) -> dict:
+        images, records = [], []
+        for item, drawn in items:
+            corner, flip = ((drawn[0], drawn[1]), drawn[2]) if drawn else ((0.5, 0.5), False)
             try:
-                item["seconds"] = audio_seconds(item["path"])
-                usable.append(item)
-            except AnyGPTError as err:
-                problems.append(str(err))
-        for problem in problems:
-            log.warning("skipped %s", problem)
-        self.skipped += problems
-        return usable
+                images.append(read_crop(item["path"], self.image_size, corner, flip))
+                records.append(item)
+            except Exception as err:  # noqa: BLE001 - a file that broke after setup: skip it, say so
+                log.warning("skipped %s (%s)", item["path"], str(err).splitlines()[0][:120])
+        if not images:
+            raise AnyGPTError(f"no readable image in a batch of {len(items)} ({items[0][0]['path']}, ...)")
+        return {"image": torch.stack(images), "items": records}
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            if not self.train_source:
-                raise AnyGPTError("data.train is empty: fit needs a manifest or folder of audio")
-            self.train_items = self._read(self.train_source)
-            if not self.train_items:
-                raise AnyGPTError(f"no readable audio in {self.train_source} ({len(self.skipped)} skipped)")
-            listing = hashlib.sha1("\n".join(f"{item['path']}:{item['seconds']:.4f}" for item in self.train_items)
-                                   .encode()).hexdigest()[:16]  # the media's names and lengths, not their bytes
-            self.stream = StreamState([], {"seed": self.seed, "clip": self.clip, "sample_rate": self.sample_rate,
-                                           "media": listing})
-        if stage in ("fit", "validate") and self.val_source:
-            self.val_items = self._read(self.val_source)
-        if self.skipped:
-            log.warning("%d media files skipped (data module's `skipped` lists them)", len(self.skipped))
-
-    def _epoch(self, k: int) -> list[tuple[dict, float]]:
-        rng = random.Random(f"{self.seed}:{k}")
-        order = rng.sample(range(len(self.train_items)), len(self.train_items))
-        clip_seconds = self.clip / self.sample_rate
-        return [(self.train_items[i], rng.uniform(0, max(0.0, self.train_items[i]["seconds"] - clip_seconds)))
-                for i in order]
-
-    def train_dataloader(self) -> StreamLoader:
-        collate = partial(collate_clips, sample_rate=self.sample_rate, clip=self.clip)
-        return StreamLoader(self._epoch, collate, self.batch_size, self.trainer, self.stream, self.num_workers)
-
-    def val_dataloader(self) -> Any:
-        if not self.val_items:
-            return []
-        collate = partial(collate_clips, sample_rate=self.sample_rate, clip=self.clip)
-        return DataLoader([(item, 0.0) for item in self.val_items], batch_size=self.batch_size,
-                          num_workers=self.num_workers, collate_fn=collate)
+    def settings(self) -> dict:
+        return {"seed": self.seed, "image_size": self.image_size, "flip": self.flip}

@@ -85,3 +85,29 @@ def test_fit_trains_a_model_class_that_the_config_names(tmp_path, monkeypatch):
     cli = AnyModelCLI(args=["fit", "--config", str(config)])
     assert type(cli.model).__name__ == "ToyGain"
     assert float(cli.model.gain) == pytest.approx(0.5, abs=0.05)
+
+
+def test_images_are_scaled_cropped_and_bad_files_skipped(tmp_path):
+    from PIL import Image
+
+    from anygpt.training.media_data import ImageFilesDataModule
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    left_red = np.zeros((40, 80, 3), dtype=np.uint8)
+    left_red[:, :40, 0] = 255  # a 80x40 image: red left half, black right half
+    Image.fromarray(left_red).save(folder / "wide.png")
+    Image.fromarray(np.full((64, 32, 3), 200, dtype=np.uint8)).save(folder / "tall.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    data = ImageFilesDataModule(train=str(folder), val=str(folder), image_size=16, batch_size=2, flip=False)
+    data.setup("fit")
+    assert [Path(i["path"]).name for i in data.train_items] == ["tall.jpg", "wide.png"]
+    assert len(data.skipped) == 2 and all("broken.png" in s for s in data.skipped)  # by train and by val
+    [val] = list(data.val_dataloader())
+    assert val["image"].shape == (2, 3, 16, 16) and 0 <= val["image"].min() and val["image"].max() <= 1
+    wide = val["image"][[Path(i["path"]).name for i in val["items"]].index("wide.png")]
+    # scaled to 32x16, the centre 16x16 crop spans columns 8-23: red on its left half, black on its right
+    assert wide[0, :, :6].mean() > 0.95 and wide[0, :, 10:].mean() < 0.05
+    data.trainer = FakeTrainer()
+    [train] = list(data.train_dataloader())
+    assert train["image"].shape == (2, 3, 16, 16)
