@@ -161,8 +161,6 @@ def main(args: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
-    from anygpt import AnyGPTError
-
     # Codecs are frozen in eval mode on purpose; Lightning would warn about them at every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
@@ -182,6 +180,22 @@ def main(args: list[str] | None = None) -> None:
             export_main(argv[1:])
         else:
             _cli_class(names_other_model(argv))(args=args)
-    except AnyGPTError as err:
-        print(f"anygpt: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"anygpt: error: {cause}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The ``AnyGPTError`` behind an exception: jsonargparse wraps what a config's class raises while it is built."""
+    from anygpt import AnyGPTError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, AnyGPTError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -100,7 +100,8 @@ class SoundStormDecoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, checkpoint: str = CHECKPOINT, **config) -> SoundStormDecoder:
-        """Load a checkpoint (a plain state dict, or a dict with a ``"model"`` entry) strictly, in eval mode.
+        """Load a checkpoint (a plain state dict, a dict with a ``"model"`` entry, or an ``anygpt fit`` checkpoint of
+        ``SoundStormTrainer``, with its saved config) strictly, in eval mode.
 
         Args:
             checkpoint: Local file, URL or ``<owner>/<repo>/<file>`` on the Hugging Face Hub.
@@ -121,6 +122,9 @@ class SoundStormDecoder(nn.Module):
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # `anygpt fit`'s SoundStormTrainer
+            config = {**state.get("soundstorm_config", {}), **config}
+            state = {k[8:]: v for k, v in state["state_dict"].items() if k.startswith("decoder.")}
         if not isinstance(state, dict):
             raise AnyGPTError(f"the SoundStorm checkpoint {path} holds a {type(state).__name__}, not a state dict")
         with torch.device("meta"):  # no random init of 351 M parameters that the checkpoint overwrites

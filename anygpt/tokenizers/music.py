@@ -62,8 +62,8 @@ class EncodecMusicCodec(BaseCodec):
     and equal-length inputs are batched together only, so every item gets the codes of a lone encode.
 
     Args:
-        source: Weights: a local folder, a Hugging Face repo id or a URL (``anygpt.hub.resolve``). Ignored when
-            ``config`` is given.
+        source: Weights: a local folder, a Hugging Face repo id or a URL (``anygpt.hub.resolve``), or a ``.ckpt``
+            of ``anygpt fit`` with ``anygpt.training.music_codec.EncodecTrainer``. Ignored when ``config`` is given.
         config: ``transformers.EncodecConfig`` fields, over the 32 kHz model's, of a model with random weights
             (tests, smoke runs): ``{num_filters: 4, hidden_size: 16, codebook_dim: 16}`` is the tiny variant.
         segment_seconds: Seconds of audio to encode per item (AnyGPT chat: 5, base: 20); None keeps all of it.
@@ -99,6 +99,9 @@ class EncodecMusicCodec(BaseCodec):
                 torch.manual_seed(seed)
                 self.model = EncodecModel(cfg)
                 _init_random_codebooks(self.model)
+        elif source is not None and str(source).endswith(".ckpt"):
+            self.model = _from_fit_checkpoint(str(source))
+            self.bandwidth = _check_config(self.model.config, bandwidth)
         elif source is not None:
             from anygpt.hub import resolve
 
@@ -231,6 +234,23 @@ class EncodecMusicCodec(BaseCodec):
                     raise ValueError(f"length {length} is outside 1..{out[i].shape[-1]} for item {i}")
                 out[i] = out[i][..., :length]
         return out
+
+
+def _from_fit_checkpoint(path: str) -> torch.nn.Module:
+    """The Encodec network of an ``EncodecTrainer`` fit checkpoint, loaded strictly."""
+    from transformers import EncodecConfig, EncodecModel
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise AnyGPTError(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:120]})") from None
+    prefix = "codec.model."
+    state = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not state or "encodec_config" not in checkpoint:
+        raise AnyGPTError(f"{path} is not a checkpoint of EncodecTrainer (no {prefix}* weights or Encodec config)")
+    model = EncodecModel(EncodecConfig(**checkpoint["encodec_config"]))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def _check_config(cfg: Any, bandwidth: float | None) -> float:

@@ -1,0 +1,101 @@
+"""The Encodec music codec trained with `anygpt fit` (tiny twin, CPU), and its way back into EncodecMusicCodec."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from anygpt import AnyGPTError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "tests/configs/codecs/encodec_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny twin after 20 steps, with its CSV log and last checkpoint."""
+    import os
+
+    from anygpt.cli import AnyModelCLI
+
+    folder = tmp_path_factory.mktemp("encodec")
+    here = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        cli = AnyModelCLI(args=["fit", "--config", CONFIG, "--trainer.max_steps", "20",
+                                "--trainer.val_check_interval", "20", "--trainer.enable_checkpointing", "true",
+                                "--trainer.default_root_dir", str(folder),
+                                "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                                "--trainer.logger.save_dir", str(folder)])
+    finally:
+        os.chdir(here)
+    return cli, folder
+
+
+def test_tiny_twin_lowers_its_loss(trained):
+    _, folder = trained
+    [metrics] = folder.rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3
+    validated = [r for r in rows if r.get("val/loss")]
+    assert validated and all(f"val/perplexity_l{k}" in validated[-1] for k in range(1, 5))
+    assert float(validated[-1]["val/si_snr"]) < 100 and float(validated[-1]["val/mel"]) > 0
+
+
+def tone(seconds: float = 0.5, rate: int = 32000) -> tuple[torch.Tensor, int]:
+    t = torch.arange(int(seconds * rate)) / rate
+    return (0.4 * torch.sin(2 * torch.pi * (200 + 300 * t) * t)).unsqueeze(0), rate
+
+
+def test_checkpoint_and_export_load_into_the_inference_codec_with_identical_codes(trained, tmp_path):
+    from anygpt.tokenizers.music import EncodecMusicCodec
+
+    cli, folder = trained
+    trained_codec = cli.model.codec.eval()
+    expected = trained_codec.encode([tone()])[0]
+    [ckpt] = folder.rglob("*.ckpt")
+    from_ckpt = EncodecMusicCodec(source=str(ckpt), segment_seconds=None)
+    assert torch.equal(from_ckpt.encode([tone()])[0], expected)
+    cli.model.export(str(tmp_path / "hf"))
+    from_folder = EncodecMusicCodec(source=str(tmp_path / "hf"), segment_seconds=None)
+    assert torch.equal(from_folder.encode([tone()])[0], expected)
+    # and they decode as the trained network does
+    assert torch.allclose(from_ckpt.decode([expected])[0], trained_codec.decode([expected])[0], atol=1e-5)
+
+
+def test_adversarial_training_steps_both_networks(monkeypatch):
+    from anygpt.cli import AnyModelCLI
+
+    monkeypatch.chdir(ROOT)
+    cli = AnyModelCLI(args=["--config", CONFIG, "--model.init_args.adversarial", "true",
+                            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"], run=False)
+    before = {k: v.clone() for k, v in cli.model.discriminator.state_dict().items()}
+    encoder = cli.model.codec.model.encoder.layers[0].conv.weight.detach().clone() \
+        if hasattr(cli.model.codec.model.encoder.layers[0], "conv") else None
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    after = cli.model.discriminator.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert cli.trainer.global_step >= 2
+    if encoder is not None:
+        assert not torch.equal(encoder, cli.model.codec.model.encoder.layers[0].conv.weight)
+
+
+def test_unknown_loss_weight_is_one_line():
+    from anygpt.training.music_codec import EncodecTrainer
+
+    with pytest.raises(AnyGPTError, match="weights: unknown loss 'pitch'"):
+        EncodecTrainer(codec={"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}},
+                       weights={"pitch": 1.0})
+
+
+def test_a_file_that_is_no_fit_checkpoint_is_one_line(tmp_path):
+    from anygpt.tokenizers.music import EncodecMusicCodec
+
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(AnyGPTError, match="is not a checkpoint of EncodecTrainer"):
+        EncodecMusicCodec(source=str(tmp_path / "other.ckpt"))
