@@ -15,10 +15,9 @@ frames (default 1, as lucidrains' SoundStorm), and t <= min_len - 2 leaves each 
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from anygpt import AnyGPTError
+from anygpt.training.arguments import check_keys
 from anygpt.decoders.soundstorm import SoundStormDecoder, _config_from_shapes
 from anygpt.lm.schedules import WarmupCosine
 from anygpt.tokenizers.speech import SpeechTokenizerCodec
@@ -123,18 +123,6 @@ class _WarmupFromCosine(WarmupCosine):
         return super().factor(step)
 
 
-def _check_keys(section: str, spec: Any, *functions) -> dict:
-    if not isinstance(spec, dict):
-        raise AnyGPTError(f"model.init_args.{section} must be a mapping of arguments, got {type(spec).__name__}")
-    known = {name for fn in functions for name, p in inspect.signature(fn).parameters.items()
-             if p.kind != p.VAR_KEYWORD} - {"self", "cls"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise AnyGPTError(f"model.init_args.{section}: unknown key {unknown[0]!r}; known keys: "
-                          f"{', '.join(sorted(known))}")
-    return dict(spec)
-
-
 class SoundStormTrainer(LightningModule):
     """Trains a ``SoundStormDecoder`` on audio with the original's masked objective; fit checkpoints load back
     into ``SoundStormDecoder.from_pretrained``.
@@ -169,11 +157,11 @@ class SoundStormTrainer(LightningModule):
         if not 0 < lr or warmup_steps < 0 or not 0 <= min_lr <= lr or min_mask < 0:
             raise AnyGPTError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr <= lr and min_mask >= 0; got {lr}, "
                               f"{warmup_steps}, {min_lr}, {min_mask}")
-        spec = _check_keys("decoder", decoder or {}, SoundStormDecoder.__init__, SoundStormDecoder.from_pretrained)
+        spec = check_keys("decoder", decoder or {}, SoundStormDecoder.__init__, SoundStormDecoder.from_pretrained)
         checkpoint = spec.pop("checkpoint", None)
         self.decoder = (SoundStormDecoder.from_pretrained(checkpoint, **spec) if checkpoint
                         else SoundStormDecoder(**spec))
-        codec_spec = _check_keys("codec", codec or {}, SpeechTokenizerCodec.__init__)
+        codec_spec = check_keys("codec", codec or {}, SpeechTokenizerCodec.__init__)
         built = SpeechTokenizerCodec(**{**codec_spec, "decoder": None})
         object.__setattr__(self, "codec", built)  # frozen, outside the module tree: not in checkpoints
         d = self.decoder

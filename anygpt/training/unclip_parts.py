@@ -1,0 +1,141 @@
+"""What the unCLIP trainers share: argument checks, VAE loading, pipeline assembly and the learning-rate schedule.
+
+``assemble`` builds the component dict that ``UnCLIPDecoder(components=...)`` takes: the components of a diffusers
+Stable unCLIP folder (or the tiny random ones), optionally with the VAE replaced by one trained with ``VAETrainer``
+and the UNet replaced by a fresh one of a given configuration, sized to fit the other components.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from anygpt import AnyGPTError
+from anygpt.training.arguments import check_keys  # noqa: F401 - the unCLIP trainers import it from here
+
+# UNet settings that follow from the other components: latent channels, text width, embedding width
+FORCED_UNET_KEYS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
+                    "projection_class_embeddings_input_dim")
+# what a VAE needs from a full Stable unCLIP repo
+VAE_SKIPPED_FILES = ["unet/*", "text_encoder/*", "image_encoder/*", "feature_extractor/*", "*.fp16.*", "*.ckpt"]
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent along a side (2 ** downsamplings), as the pipeline computes ``vae_scale_factor``."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def load_vae(ref: str):
+    """A diffusers ``AutoencoderKL`` from a ``VAETrainer`` fit checkpoint (``.ckpt``, with its scaling factor), a
+    folder holding ``config.json`` (a ``VAETrainer.export``) or ``vae/config.json`` (a pipeline), or a repo id.
+
+    Raises:
+        AnyGPTError: Nothing loadable there (one line naming ``ref``).
+    """
+    from diffusers import AutoencoderKL
+
+    from anygpt.hub import resolve
+
+    path = Path(str(ref)).expanduser()
+    if path.suffix == ".ckpt" and path.is_file():
+        from anygpt.training.unclip_vae import VAETrainer
+
+        return VAETrainer.load_from_checkpoint(path, map_location="cpu").exportable_vae()
+    folder = resolve(str(ref), ignore=VAE_SKIPPED_FILES)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        raise AnyGPTError(f"{ref}: not a VAE (no config.json, nor vae/config.json, and not a VAETrainer .ckpt)")
+    return AutoencoderKL.from_pretrained(folder)
+
+
+def fresh_unet(spec: dict, vae, text_width: int, embedding_dim: int, sample_size: int):
+    """A new ``UNet2DConditionModel`` of configuration ``spec``, with the keys in ``FORCED_UNET_KEYS`` set to fit the
+    VAE's latent channels, the text encoder's width and the image embedding (and ``sample_size`` as a default).
+
+    Raises:
+        AnyGPTError: An unknown key, or a forced key given another value than the one that fits.
+    """
+    from diffusers import UNet2DConditionModel
+
+    spec = check_keys("unet", spec, UNet2DConditionModel.__init__)
+    channels = vae.config.latent_channels
+    forced = dict(in_channels=channels, out_channels=channels, cross_attention_dim=text_width,
+                  class_embed_type="projection", projection_class_embeddings_input_dim=2 * embedding_dim)
+    for key, value in forced.items():
+        if key in spec and spec[key] != value:
+            raise AnyGPTError(f"model.init_args.unet.{key} is {spec[key]!r} but must be {value!r} to fit the other "
+                              f"components; leave it out")
+    return UNet2DConditionModel(**{"sample_size": sample_size, **spec, **forced})
+
+
+def assemble(source: str | None, vae: str | None = None, unet: dict | None = None,
+             embedding_dim: int | None = None, seed: int = 0) -> dict:
+    """Pipeline components for ``UnCLIPDecoder(components=...)`` (see the module docstring).
+
+    Args:
+        source: A diffusers Stable unCLIP folder or repo id, or "tiny" (``tiny_components``).
+        vae: Replaces the source's VAE (what ``load_vae`` takes). None keeps it.
+        unet: Configuration of a fresh UNet that replaces the source's; its ``sample_size`` defaults to keep the
+            source's image size. None keeps the source's UNet.
+        embedding_dim: Width of the image embeddings; another width than the source's needs a fresh ``unet`` and
+            gets a fresh image normaliser (mean 0, std 1). None: the source's.
+        seed: Seed of the tiny components and of the fresh UNet's weights.
+    """
+    import torch
+    from diffusers.pipelines.stable_diffusion import StableUnCLIPImageNormalizer
+
+    from anygpt.decoders.unclip import UnCLIPDecoder, tiny_components
+
+    if source == "tiny":
+        components = tiny_components(embedding_dim or 32, seed)
+    elif source:
+        loaded = UnCLIPDecoder(source=source, dtype="float32").pipe.components
+        components = {k: v for k, v in loaded.items() if k not in ("image_encoder", "feature_extractor")}
+    else:
+        raise AnyGPTError("model.init_args.source is required (a Stable unCLIP folder, a repo id or 'tiny'): it "
+                          "gives the text encoder, tokenizer and schedulers")
+    old_vae = components["vae"]
+    if vae is not None:
+        components["vae"] = load_vae(vae)
+    if embedding_dim and embedding_dim != components["image_normalizer"].config.embedding_dim:
+        components["image_normalizer"] = StableUnCLIPImageNormalizer(embedding_dim=embedding_dim)
+    dim = components["image_normalizer"].config.embedding_dim
+    if unet is not None:
+        old = components["unet"].config.sample_size
+        size = old * vae_scale(old_vae) // vae_scale(components["vae"]) if isinstance(old, int) else 32
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            components["unet"] = fresh_unet(unet, components["vae"], components["text_encoder"].config.hidden_size,
+                                            dim, size)
+    config = components["unet"].config
+    if config.projection_class_embeddings_input_dim != 2 * dim:
+        raise AnyGPTError(f"the UNet takes {config.projection_class_embeddings_input_dim}-d class labels, not 2 x "
+                          f"{dim}: give model.init_args.unet (a fresh UNet) for another embedding_dim")
+    if config.in_channels != components["vae"].config.latent_channels:
+        raise AnyGPTError(f"the VAE gives {components['vae'].config.latent_channels} latent channels, the UNet takes "
+                          f"{config.in_channels}: give model.init_args.unet (a fresh UNet) to go with this VAE")
+    return components
+
+
+def warmup_schedule(optimizer, trainer, warmup_steps: int, min_lr_ratio: float) -> dict:
+    """Lightning's scheduler entry: linear warm-up over ``warmup_steps``, then a cosine from the peak to
+    ``min_lr_ratio`` of it at ``trainer.max_steps`` (1.0: constant after the warm-up)."""
+    from anygpt.lm.schedules import WarmupCosine
+
+    total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
+    if total is None and min_lr_ratio < 1:
+        raise AnyGPTError("min_lr_ratio < 1 decays the learning rate until trainer.max_steps: set max_steps")
+    schedule = WarmupCosine(optimizer, max(total or 1, warmup_steps + 1), warmup_steps=warmup_steps,
+                            min_lr_ratio=min_lr_ratio)
+    return {"scheduler": schedule, "interval": "step"}
+
+
+def from_cli() -> bool:
+    """Whether the module being built is instantiated by LightningCLI (its hparams are then the config's, where
+    modules are ``class_path`` entries, not objects)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without it: treat as built in Python
+        return False
+    return _given_hyperparameters.get() is not None
