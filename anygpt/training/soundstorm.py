@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule

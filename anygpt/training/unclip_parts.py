@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from anygpt import AnyGPTError
 from anygpt.training.arguments import check_keys  # noqa: F401 - the unCLIP trainers import it from here
 
