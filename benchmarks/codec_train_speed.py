@@ -88,7 +88,32 @@ def vae(size: str, device: str):
     return module, batch, "images", 1.0
 
 
-TRAINERS = {"encodec": encodec, "soundstorm": soundstorm, "unclip": unclip, "unclip_vae": vae}
+def speechtokenizer(size: str, device: str):
+    from anygpt.training.speech_codec import SpeechTokenizerTrainer
+
+    config = {} if size == "released" else {"n_filters": 16, "dimension": 128, "semantic_dimension": 64}
+    module = SpeechTokenizerTrainer(codec={"config": config, "checkpoint": None, "decoder": None})
+    return module, audio_batch(16 if size == "released" else 8, 3.0, 16000, device), "audio_s", 3.0
+
+
+def seed(size: str, device: str):
+    """SEED-2's stage 2 against a teacher embedding in the records (the frozen ViT-g and Q-Former run forward)."""
+    from anygpt.training.image_codec import SeedTrainer
+
+    config = None if size == "released" else {"image_size": 56, "vit_width": 64, "vit_depth": 2, "vit_heads": 4,
+                                                "qformer_hidden": 96, "qformer_layers": 2, "qformer_heads": 4,
+                                                "qformer_intermediate": 128, "codebook_dim": 8, "decode_depth": 2,
+                                                "image_features_dim": 32}
+    module = SeedTrainer(codec={"quantizer": None, "visual": None, "config": config})
+    side, dim, batch_size = (224, 1024, 32) if size == "released" else (56, 32, 8)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(batch_size, 3, side, side, generator=generator).to(device),
+             "items": [{"embedding": torch.randn(dim, generator=generator).tolist()} for _ in range(batch_size)]}
+    return module, batch, "images", 1.0
+
+
+TRAINERS = {"encodec": encodec, "soundstorm": soundstorm, "speechtokenizer": speechtokenizer, "seed": seed,
+            "unclip": unclip, "unclip_vae": vae}
 
 
 def run(name: str, size: str, args) -> dict:

@@ -240,6 +240,11 @@ def _load_state(model: torch.nn.Module, path) -> None:
         raise AnyGPTError(f"cannot read the SpeechTokenizer checkpoint {path}: {type(err).__name__}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # `anygpt fit` of SpeechTokenizerTrainer
+        prefix = "codec.model."
+        state = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            raise AnyGPTError(f"{path} is a fit checkpoint without SpeechTokenizer weights (no '{prefix}' keys)")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

@@ -90,7 +90,8 @@ class MultiScaleMelLoss(nn.Module):
         with torch.autocast(wave.device.type, enabled=False):
             return torch.log(mel(wave).clamp_min(self.eps))
 
-    def distances(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def distances(self, pred: torch.Tensor, target: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Unweighted L1 of the log mels, one per scale."""
         n = min(_flat(pred).shape[-1], _flat(target).shape[-1])
         cut = None if mask is None else mask[:, :n]

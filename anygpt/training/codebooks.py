@@ -77,9 +77,10 @@ def restart_dead_codes(book: nn.Module, samples: torch.Tensor, threshold: float)
 def histogram(codes: torch.Tensor, codebook_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Counts ``[levels, K]`` of codes ``[levels, B, T]``, over the frames where ``valid [B, T]`` is True."""
     codes = codes.reshape(codes.shape[0], -1)
-    weights = None if valid is None else valid.reshape(1, -1).expand_as(codes).to(torch.float32)
-    out = torch.zeros(codes.shape[0], codebook_size, device=codes.device)
-    return out.scatter_add_(1, codes.long(), torch.ones_like(codes, dtype=torch.float32) if weights is None else weights)
+    weights = torch.ones_like(codes, dtype=torch.float32)
+    if valid is not None:
+        weights = valid.reshape(1, -1).expand_as(codes).to(torch.float32)
+    return torch.zeros(codes.shape[0], codebook_size, device=codes.device).scatter_add_(1, codes.long(), weights)
 
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:

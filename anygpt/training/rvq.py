@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anygpt.training.codebooks import restart_dead_codes
+
 
 def kmeans(vectors: Tensor, clusters: int, iterations: int, generator: torch.Generator | None = None) -> Tensor:
     """Centroids ``[clusters, D]`` of ``vectors [N, D]`` (Lloyd's algorithm from random samples; with fewer vectors
@@ -95,9 +97,4 @@ class StraightThroughRVQ(nn.Module):
         total = book.cluster_size.sum()
         smoothed = (book.cluster_size + self.epsilon) / (total + size * self.epsilon) * total
         book.embed.copy_(book.embed_avg / smoothed.unsqueeze(1))
-        dead = book.cluster_size < self.dead_code_threshold
-        if dead.any():
-            picks = torch.randint(len(vectors), (int(dead.sum()),), device=vectors.device)
-            book.embed[dead] = vectors[picks]
-            book.embed_avg[dead] = vectors[picks] * self.dead_code_threshold
-            book.cluster_size[dead] = self.dead_code_threshold
+        restart_dead_codes(book, vectors, self.dead_code_threshold)

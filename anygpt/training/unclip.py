@@ -85,6 +85,19 @@ def draw_condition(pipe, embeddings: Tensor, max_level: int, dropout: float,
     return Condition(labels, levels.to(device), dropped.to(device))
 
 
+def decode_beside(decoder: nn.Module, embeddings: Tensor, images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """Decode ``embeddings`` through the inference pipeline (seeds ``seed``, ``seed + 1``, ...) and return the
+    pictures ``[B, 3, H, W]`` in [0, 1] with ``images`` resized to their size, for PSNR / SSIM."""
+    pictures = decoder.decode(embeddings.float(), seeds=[seed + i for i in range(len(images))])
+    decoder.image_normalizer.requires_grad_(False)  # the pipeline re-creates its parameters when moving it
+    decoded = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pictures]) / 255)
+    decoded = decoded.permute(0, 3, 1, 2).to(images.device)
+    reference = images.float()
+    if reference.shape[-2:] != decoded.shape[-2:]:
+        reference = F.interpolate(reference, size=decoded.shape[-2:], mode="bilinear", antialias=True).clamp(0, 1)
+    return decoded, reference
+
+
 class UnCLIPTrainer(LightningModule):
     """Trains the UNet of an ``UnCLIPDecoder`` (``self.decoder``) on images and their embeddings.
 
@@ -233,14 +246,7 @@ class UnCLIPTrainer(LightningModule):
             self._decode_metrics(images[:self.val_images], embeddings[:self.val_images])
 
     def _decode_metrics(self, images: Tensor, embeddings: Tensor) -> None:
-        seeds = [self.val_seed + i for i in range(len(images))]
-        pictures = self.decoder.decode(embeddings, seeds=seeds)
-        self.decoder.image_normalizer.requires_grad_(False)  # the pipeline re-creates its parameters when moving it
-        decoded = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pictures]) / 255)
-        decoded = decoded.permute(0, 3, 1, 2).to(images.device)
-        reference = images.float()
-        if reference.shape[-2:] != decoded.shape[-2:]:
-            reference = F.interpolate(reference, size=decoded.shape[-2:], mode="bilinear", antialias=True).clamp(0, 1)
+        decoded, reference = decode_beside(self.decoder, embeddings, images, self.val_seed)
         self.val_psnr(decoded, reference)
         self.val_ssim(decoded, reference)
         self.log_dict({"val/psnr": self.val_psnr, "val/ssim": self.val_ssim}, batch_size=len(images))

@@ -67,7 +67,7 @@ def test_clips_are_cropped_resampled_padded_and_masked(tmp_path):
 
 def test_fit_trains_a_model_class_that_the_config_names(tmp_path, monkeypatch):
     """`anygpt fit` builds the LightningModule named by `model.class_path` (not UnifiedLM) and trains it."""
-    from anygpt.cli import main, names_other_model
+    from anygpt.cli import names_other_model
 
     manifest = write_corpus(tmp_path / "media")
     config = tmp_path / "toy.yaml"

@@ -28,15 +28,6 @@ RATE, FRAMES = 16000, 16
 STEPS = 80
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU models run fastest on one thread (and are not slowed down by other processes' load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_args(**overrides) -> dict:
     args = yaml.safe_load((ROOT / TINY).read_text())["model"]["init_args"]
     return {**args, **overrides}

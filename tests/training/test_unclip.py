@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TWINS = ROOT / "tests" / "configs" / "codecs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """Eight 32x32 pictures (a solid colour with a square of another), a manifest with an embedding per record."""
