@@ -37,9 +37,8 @@ class UnCLIPDecoder(nn.Module):
 
     Args:
         source: Hugging Face repo id or local folder of a diffusers ``StableUnCLIPImg2ImgPipeline``; a repo id is
-            looked up in ``$ANYGPT_WEIGHTS/<repo id>`` first (see ``anygpt.hub.resolve``), or a fit checkpoint
-            (``.ckpt``) of ``anygpt.training.unclip.UnCLIPTrainer``. Ignored when ``components`` is given;
-            ``tiny`` builds small random components (see ``tiny``).
+            looked up in ``$ANYGPT_WEIGHTS/<repo id>`` first (see ``anygpt.hub.resolve``). Ignored when
+            ``components`` is given; ``tiny`` builds small random components (see ``tiny``).
         guidance_scale: Classifier-free guidance weight; the unconditional branch has a zero image embedding.
             1 or less turns guidance off.
         num_inference_steps: Denoising steps of the pipeline's scheduler (PNDM for the released model).
@@ -68,10 +67,6 @@ class UnCLIPDecoder(nn.Module):
                              f"{num_inference_steps}")
         if source == "tiny" and components is None:
             components = tiny_components()
-        if components is None and str(source).endswith(".ckpt"):
-            from anygpt.training.unclip import checkpoint_components
-
-            components = checkpoint_components(str(source))
         if components is not None:
             pipe = StableUnCLIPImg2ImgPipeline(**{"image_encoder": None, "feature_extractor": None, **components})
         elif source is not None:

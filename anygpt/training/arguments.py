@@ -1,4 +1,5 @@
-"""Checks of the nested argument dicts that trainer configs pass on to the classes they build."""
+"""What the trainers share about their arguments: key checks of the nested dicts that configs pass on, whether
+LightningCLI builds the module, and the warm-up + cosine scheduler entry."""
 
 from __future__ import annotations
 
@@ -25,3 +26,26 @@ def check_keys(section: str, spec: Any, *functions) -> dict:
         raise AnyGPTError(f"model.init_args.{section}: unknown key {unknown[0]!r}; known keys: "
                           f"{', '.join(sorted(known))}")
     return dict(spec)
+
+
+def warmup_schedule(optimizer, trainer, warmup_steps: int, min_lr_ratio: float) -> dict:
+    """Lightning's scheduler entry: linear warm-up over ``warmup_steps``, then a cosine from the peak to
+    ``min_lr_ratio`` of it at ``trainer.max_steps`` (1.0: constant after the warm-up)."""
+    from anygpt.lm.schedules import WarmupCosine
+
+    total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
+    if total is None and min_lr_ratio < 1:
+        raise AnyGPTError("min_lr_ratio < 1 decays the learning rate until trainer.max_steps: set max_steps")
+    schedule = WarmupCosine(optimizer, max(total or 1, warmup_steps + 1), warmup_steps=warmup_steps,
+                            min_lr_ratio=min_lr_ratio)
+    return {"scheduler": schedule, "interval": "step"}
+
+
+def from_cli() -> bool:
+    """Whether the module being built is instantiated by LightningCLI (its hparams are then the config's, where
+    modules are ``class_path`` entries, not objects)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without it: treat as built in Python
+        return False
+    return _given_hyperparameters.get() is not None

@@ -37,7 +37,7 @@ from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.image_embedders import embeddings_of
 from anygpt.training.seed_parts import (FROZEN_PREFIXES, embedding_from_decoded, quantize_st, recon_from_decoded,
                                         redraw_stage2, restart_codes)
-from anygpt.training.unclip_parts import from_cli, warmup_schedule
+from anygpt.training.arguments import from_cli, warmup_schedule
 
 WEIGHTS = {"vq": 5.0, "recon": 2.0, "image": 0.5, "denoise": 1.0}
 FILES = {"quantizer": "seed_quantizer.pt", "visual": "eva_vit_g.pth", "config": "seed_config.json"}

@@ -2,7 +2,8 @@
 
 ``UnCLIPTrainer`` wraps the inference class ``UnCLIPDecoder`` itself: the UNet that trains is the decoder's, and
 validation decodes through the decoder's own sampling loop. ``export(folder)`` writes a diffusers pipeline folder
-that ``UnCLIPDecoder(source=folder)`` loads; ``UnCLIPDecoder(source="last.ckpt")`` loads a fit checkpoint directly.
+that ``UnCLIPDecoder(source=folder)`` loads; ``UnCLIPDecoder(components=checkpoint_components("last.ckpt"))`` loads
+a fit checkpoint directly.
 ``VAETrainer`` (``anygpt.training.unclip_vae``) trains the VAE.
 
 One training step (Stable unCLIP's ``ImageEmbeddingConditionedLatentDiffusion``, in diffusers' terms):
@@ -36,7 +37,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from anygpt import AnyGPTError
 from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder
 from anygpt.training.image_embedders import check_images, embeddings_of
-from anygpt.training.unclip_parts import assemble, check_keys, from_cli, warmup_schedule
+from anygpt.training.arguments import check_keys, from_cli, warmup_schedule
+from anygpt.training.unclip_parts import assemble
 from anygpt.training.unclip_vae import VAETrainer
 
 __all__ = ["Condition", "UnCLIPTrainer", "VAETrainer", "augment", "checkpoint_components", "draw_condition"]
@@ -284,7 +286,7 @@ class UnCLIPTrainer(LightningModule):
 
 
 def checkpoint_components(checkpoint: str) -> dict:
-    """The trained pipeline components of an ``UnCLIPTrainer`` fit checkpoint (``UnCLIPDecoder(source=ckpt)``).
+    """The trained pipeline components of an ``UnCLIPTrainer`` fit checkpoint (``UnCLIPDecoder(components=...)``).
 
     Raises:
         AnyGPTError: The file is missing or not such a checkpoint.

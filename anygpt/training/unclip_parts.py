@@ -1,4 +1,4 @@
-"""What the unCLIP trainers share: argument checks, VAE loading, pipeline assembly and the learning-rate schedule.
+"""What the unCLIP trainers share: pipeline assembly (the VAE loads through ``unclip_vae.load_vae``).
 
 ``assemble`` builds the component dict that ``UnCLIPDecoder(components=...)`` takes: the components of a diffusers
 Stable unCLIP folder (or the tiny random ones), optionally with the VAE replaced by one trained with ``VAETrainer``
@@ -7,45 +7,18 @@ and the UNet replaced by a fresh one of a given configuration, sized to fit the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from anygpt import AnyGPTError
-from anygpt.training.arguments import check_keys  # noqa: F401 - the unCLIP trainers import it from here
+from anygpt.training.arguments import check_keys
+from anygpt.training.unclip_vae import load_vae
 
 # UNet settings that follow from the other components: latent channels, text width, embedding width
 FORCED_UNET_KEYS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
                     "projection_class_embeddings_input_dim")
-# what a VAE needs from a full Stable unCLIP repo
-VAE_SKIPPED_FILES = ["unet/*", "text_encoder/*", "image_encoder/*", "feature_extractor/*", "*.fp16.*", "*.ckpt"]
 
 
 def vae_scale(vae) -> int:
     """Pixels per latent along a side (2 ** downsamplings), as the pipeline computes ``vae_scale_factor``."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def load_vae(ref: str):
-    """A diffusers ``AutoencoderKL`` from a ``VAETrainer`` fit checkpoint (``.ckpt``, with its scaling factor), a
-    folder holding ``config.json`` (a ``VAETrainer.export``) or ``vae/config.json`` (a pipeline), or a repo id.
-
-    Raises:
-        AnyGPTError: Nothing loadable there (one line naming ``ref``).
-    """
-    from diffusers import AutoencoderKL
-
-    from anygpt.hub import resolve
-
-    path = Path(str(ref)).expanduser()
-    if path.suffix == ".ckpt" and path.is_file():
-        from anygpt.training.unclip_vae import VAETrainer
-
-        return VAETrainer.load_from_checkpoint(path, map_location="cpu").exportable_vae()
-    folder = resolve(str(ref), ignore=VAE_SKIPPED_FILES)
-    if (folder / "vae" / "config.json").is_file():
-        folder = folder / "vae"
-    if not (folder / "config.json").is_file():
-        raise AnyGPTError(f"{ref}: not a VAE (no config.json, nor vae/config.json, and not a VAETrainer .ckpt)")
-    return AutoencoderKL.from_pretrained(folder)
 
 
 def fresh_unet(spec: dict, vae, text_width: int, embedding_dim: int, sample_size: int):
@@ -115,26 +88,3 @@ def assemble(source: str | None, vae: str | None = None, unet: dict | None = Non
         raise AnyGPTError(f"the VAE gives {components['vae'].config.latent_channels} latent channels, the UNet takes "
                           f"{config.in_channels}: give model.init_args.unet (a fresh UNet) to go with this VAE")
     return components
-
-
-def warmup_schedule(optimizer, trainer, warmup_steps: int, min_lr_ratio: float) -> dict:
-    """Lightning's scheduler entry: linear warm-up over ``warmup_steps``, then a cosine from the peak to
-    ``min_lr_ratio`` of it at ``trainer.max_steps`` (1.0: constant after the warm-up)."""
-    from anygpt.lm.schedules import WarmupCosine
-
-    total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
-    if total is None and min_lr_ratio < 1:
-        raise AnyGPTError("min_lr_ratio < 1 decays the learning rate until trainer.max_steps: set max_steps")
-    schedule = WarmupCosine(optimizer, max(total or 1, warmup_steps + 1), warmup_steps=warmup_steps,
-                            min_lr_ratio=min_lr_ratio)
-    return {"scheduler": schedule, "interval": "step"}
-
-
-def from_cli() -> bool:
-    """Whether the module being built is instantiated by LightningCLI (its hparams are then the config's, where
-    modules are ``class_path`` entries, not objects)."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without it: treat as built in Python
-        return False
-    return _given_hyperparameters.get() is not None

@@ -13,6 +13,8 @@ variance (Latent Diffusion's ``scale_by_std``): ``UnCLIPTrainer(vae=folder)`` an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -20,8 +22,12 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from anygpt import AnyGPTError
+from anygpt.training.arguments import check_keys, warmup_schedule
 from anygpt.training.image_embedders import check_images
-from anygpt.training.unclip_parts import check_keys, load_vae, warmup_schedule
+
+
+# what a VAE needs from a full Stable unCLIP repo
+VAE_SKIPPED_FILES = ["unet/*", "text_encoder/*", "image_encoder/*", "feature_extractor/*", "*.fp16.*", "*.ckpt"]
 
 
 class VAETrainer(LightningModule):
@@ -147,3 +153,25 @@ class VAETrainer(LightningModule):
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
             self.export(self.export_dir)
+
+
+def load_vae(ref: str):
+    """A diffusers ``AutoencoderKL`` from a ``VAETrainer`` fit checkpoint (``.ckpt``, with its scaling factor), a
+    folder holding ``config.json`` (a ``VAETrainer.export``) or ``vae/config.json`` (a pipeline), or a repo id.
+
+    Raises:
+        AnyGPTError: Nothing loadable there (one line naming ``ref``).
+    """
+    from diffusers import AutoencoderKL
+
+    from anygpt.hub import resolve
+
+    path = Path(str(ref)).expanduser()
+    if path.suffix == ".ckpt" and path.is_file():
+        return VAETrainer.load_from_checkpoint(path, map_location="cpu").exportable_vae()
+    folder = resolve(str(ref), ignore=VAE_SKIPPED_FILES)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        raise AnyGPTError(f"{ref}: not a VAE (no config.json, nor vae/config.json, and not a VAETrainer .ckpt)")
+    return AutoencoderKL.from_pretrained(folder)

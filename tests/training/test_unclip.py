@@ -138,9 +138,15 @@ def test_checkpoint_round_trip_gives_the_same_images(unclip_run, data):
     seeds = [4, 5, 6]
     expected = np.stack([np.asarray(p) for p in cli.model.decoder.decode(embeddings, seeds=seeds)])
     UnCLIPTrainer.export_checkpoint(str(tmp / "ckpt" / "last.ckpt"), str(tmp / "from_ckpt"))
-    # export_checkpoint's folder, the one written as the fit ended, and the checkpoint itself
+    # export_checkpoint's folder, the one written as the fit ended, and the checkpoint's components
+    from anygpt.training.unclip import checkpoint_components
+
     for source in (tmp / "from_ckpt", tmp / "export", tmp / "ckpt" / "last.ckpt"):
-        decoder = UnCLIPDecoder(source=str(source), num_inference_steps=3, batch_size=2)
+        if source.suffix == ".ckpt":
+            decoder = UnCLIPDecoder(components=checkpoint_components(str(source)), num_inference_steps=3,
+                                    batch_size=2)
+        else:
+            decoder = UnCLIPDecoder(source=str(source), num_inference_steps=3, batch_size=2)
         got = np.stack([np.asarray(p) for p in decoder.decode(embeddings, seeds=seeds)])
         assert np.array_equal(expected, got)
     assert expected.std() > 1
