@@ -2,10 +2,10 @@
 
 Each row trains one trainer for ``--steps`` timed steps (after ``--warmup``) on synthetic batches, calling its own
 ``training_step`` with a plain optimizer step, at a small and at the released size: audio trainers report seconds
-of audio per second, image trainers images per second. FLOPs of one step (forward and backward) are counted once
-with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions; elementwise work is not
-counted), so ``mfu`` = counted FLOP/s over the device's dense bf16 peak (989 TFLOP/s for H100/H200) is a lower
-bound of the useful work. Random weights: nothing is downloaded.
+of audio per second, image trainers images per second, from the median step time (``step_s``). FLOPs of one step
+(forward and backward) are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and
+convolutions; elementwise work is not counted), so ``mfu`` = counted FLOP/s over the device's dense bf16 peak
+(989 TFLOP/s for H100/H200) is a lower bound of the useful work. Random weights: nothing is downloaded.
 
     python benchmarks/codec_train_speed.py --device cuda                 # every trainer, small and released size
     python benchmarks/codec_train_speed.py --device cuda --only encodec soundstorm --sizes released
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 import warnings
 
 import torch
-from timing import device_name, sync, write_json
+from timing import device_name, median_time, write_json
 
 PEAK_FLOPS = {"cuda": 989e12, "cpu": 1e12}
 
@@ -132,25 +131,16 @@ def run(name: str, size: str, args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync(args.device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(args.device)
-    elapsed = (time.perf_counter() - start) / args.steps
+    elapsed, _, peak = median_time(step, args.device, repeats=args.steps, warmup=args.warmup)
     items = len(batch.get("audio", batch.get("image")))
     rate = items * (seconds if unit == "audio_s" else 1) / elapsed
     return {"trainer": name, "size": size, "params": sum(p.numel() for p in params), "batch": items,
             "unit": unit, "per_s": rate, "step_s": elapsed, "flops_per_step": flops,
             "mfu": flops / elapsed / PEAK_FLOPS[args.device],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None}
+            "peak_gib": peak}
 
 
 def main() -> None:

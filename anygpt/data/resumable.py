@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,7 @@ class StreamLoader:
 
     def state_dict(self) -> dict:
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "steps_done": progress.processed,
-                "global_batch": self.global_batch}
+        return {"epoch": self.trainer.current_epoch, "steps_done": progress.processed}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = (state["epoch"], state["steps_done"])
@@ -177,7 +177,6 @@ class StreamLoader:
 
 def shuffled_epochs(items: Sequence, seed: int) -> Callable[[int], list]:
     """Data epoch k -> ``items`` in a seeded order of their own (a new permutation per epoch)."""
-    import random
 
     def epoch(k: int) -> list:
         order = random.Random(f"{seed}:{k}").sample(range(len(items)), len(items))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 
 _META = "meta.pt"  # Lightning's file of everything but the weights and optimizer states, in a sharded folder
 _WEIGHT_KEYS = ("state_dict", "model")  # the weights' key: ModelParallelStrategy's, then FSDPStrategy's
@@ -64,7 +65,7 @@ def _read_file(path: Path) -> Any:
     except AnyGPTError:
         raise
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise AnyGPTError(f"cannot read checkpoint {path} ({_one_line(err)})") from None
+        raise AnyGPTError(f"cannot read checkpoint {path} ({one_line(err, with_type=True)})") from None
 
 
 def check_sharded_folder(folder: Path) -> None:
@@ -81,7 +82,7 @@ def check_sharded_folder(folder: Path) -> None:
         metadata = FileSystemReader(folder).read_metadata()
     except Exception as err:  # noqa: BLE001
         raise AnyGPTError(f"cannot read the distributed checkpoint {folder}: bad .metadata "
-                          f"({_one_line(err)})") from None
+                          f"({one_line(err, with_type=True)})") from None
     ends: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
@@ -111,7 +112,7 @@ def _read_folder(folder: Path, optimizer_states: bool) -> dict[str, Any]:
         failures = getattr(err, "failures", None)
         cause = next(iter(failures.values()))[0] if failures else err  # the reader's own error, not the wrapper's
         raise AnyGPTError(f"cannot read the distributed checkpoint {folder}: a shard is damaged or unreadable "
-                          f"({_one_line(cause).split('. ')[0]})") from None
+                          f"({one_line(cause, with_type=True).split('. ')[0]})") from None
     if (folder / _META).is_file():
         checkpoint.update(_read_file(folder / _META))
     return checkpoint
@@ -148,13 +149,8 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any):
             raise AnyGPTError(f"checkpoint {path}: UnifiedLM takes no argument {', '.join(unknown)} "
                               "(a checkpoint of another model or version?)")
     model = UnifiedLM(**hparams)
-    expected = model.state_dict()
-    for key, value in checkpoint["state_dict"].items():
-        if key in expected and hasattr(value, "shape") and tuple(value.shape) != tuple(expected[key].shape):
-            raise AnyGPTError(f"checkpoint {path} does not fit the model: {key} is {tuple(value.shape)} in the "
-                              f"checkpoint but {tuple(expected[key].shape)} in the model (another model shape?)")
     try:
-        model.on_load_checkpoint(checkpoint)
+        model.on_load_checkpoint(checkpoint)  # also checks every tensor's shape against the model's
     except AnyGPTError as err:
         raise AnyGPTError(f"checkpoint {path}: {err}") from None
     result = model.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -163,8 +159,3 @@ def model_from_checkpoint(path: str | os.PathLike, **overrides: Any):
                  (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
         raise AnyGPTError(f"checkpoint {path} does not fit the model: {', '.join(parts)}")
     return model.eval()
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

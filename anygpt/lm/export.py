@@ -117,10 +117,7 @@ def _plain_backbone(model: Any, ckpt_path: str | os.PathLike) -> Any:
     """The backbone as a plain transformers model, LoRA adapters merged into its weights."""
     from transformers import PreTrainedModel
 
-    if getattr(model, "lora", None) or hasattr(model.backbone, "merge_and_unload"):
-        if not hasattr(model, "merge_adapters"):
-            raise AnyGPTError(f"checkpoint {ckpt_path} has LoRA adapters but UnifiedLM cannot merge them here")
-        model.merge_adapters()
+    model.merge_adapters()  # nothing to do without LoRA
     backbone = model.backbone
     if not isinstance(backbone, PreTrainedModel) or hasattr(backbone, "peft_config"):
         raise AnyGPTError(f"checkpoint {ckpt_path}: the backbone is a {type(backbone).__name__}, not a plain "

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 from anygpt.lm.quantize import is_quantized
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -148,7 +149,7 @@ def add_lora(backbone: nn.Module, spec: LoraSpec, start: int) -> nn.Module:
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
             model = get_peft_model(backbone, config)
     except ValueError as err:
-        raise AnyGPTError(f"lora: {str(err).strip().splitlines()[0]}") from None
+        raise AnyGPTError(f"lora: {one_line(err)}") from None
     for module in model.modules():  # peft freezes every parameter that is not an adapter's
         if isinstance(module, TokenRows):
             module.trained_rows.requires_grad_(True)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 from anygpt.tokenizers.audio import as_waveform, fit_random_codebooks, probe_noise, resample
 from anygpt.tokenizers.base import BaseCodec
 
@@ -243,7 +244,7 @@ def _from_fit_checkpoint(path: str) -> torch.nn.Module:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as err:
-        raise AnyGPTError(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:120]})") from None
+        raise AnyGPTError(f"cannot read checkpoint {path} ({one_line(err)})") from None
     prefix = "codec.model."
     state = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
     if not state or "encodec_config" not in checkpoint:

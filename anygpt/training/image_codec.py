@@ -30,12 +30,13 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 from anygpt.tokenizers.image import CLIP_MEAN, CLIP_STD, SeedImageCodec
 from anygpt.tokenizers.seed.model import split_keys
 from anygpt.training.arguments import check_keys
 from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.image_embedders import embeddings_of
-from anygpt.training.seed_parts import (FROZEN_PREFIXES, embedding_from_decoded, quantize_st, recon_from_decoded,
+from anygpt.training.seed_parts import (FROZEN_PREFIXES, quantize_st, recon_from_decoded,
                                         redraw_stage2, restart_codes)
 from anygpt.training.arguments import from_cli, warmup_schedule
 
@@ -145,7 +146,7 @@ class SeedTrainer(LightningModule):
         quantized, codes, vq = quantize_st(model.quantize, z, self.beta)
         decoded = model.decode_task_layer(quantized)
         return {"query": query, "z": z, "codes": codes, "vq": vq, "recon": recon_from_decoded(model, decoded),
-                "embedding": embedding_from_decoded(model, decoded)}
+                "embedding": model.image_features(decoded)}
 
     def targets(self, batch: dict) -> Tensor | None:
         """Teacher embeddings of the batch: the embedder's, the records', or None in joint mode without either."""
@@ -277,8 +278,8 @@ def load_codec(source: str, **kw) -> SeedImageCodec:
     try:
         trained = SeedTrainer.load_from_checkpoint(path, map_location="cpu", embedder=None)
     except (KeyError, TypeError, RuntimeError, EOFError, AttributeError) as err:
-        raise AnyGPTError(f"{source}: not a SeedTrainer fit checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+        raise AnyGPTError(f"{source}: not a SeedTrainer fit checkpoint ("
+                          f"{one_line(err, with_type=True)})") from None
     visual, rest = split_keys(trained.codec.model)
     return SeedImageCodec(quantizer=rest, visual=visual, config=trained.codec.config, **kw)
 

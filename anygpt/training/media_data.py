@@ -20,6 +20,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def audio_seconds(path: str) -> float:
     try:
         info = soundfile.info(path)
     except Exception as err:  # noqa: BLE001 - soundfile raises several kinds for a bad file
-        raise AnyGPTError(f"{path}: not readable as audio ({str(err).strip().splitlines()[0][:120]})") from None
+        raise AnyGPTError(f"{path}: not readable as audio ({one_line(err)})") from None
     if info.frames == 0:
         raise AnyGPTError(f"{path}: holds no samples")
     return info.frames / info.samplerate
@@ -193,7 +194,7 @@ def image_size(path: str) -> tuple[int, int]:
             image.verify()
             return image.size
     except Exception as err:  # noqa: BLE001 - PIL raises several kinds for a bad file
-        raise AnyGPTError(f"{path}: not readable as an image ({str(err).strip().splitlines()[0][:120]})") from None
+        raise AnyGPTError(f"{path}: not readable as an image ({one_line(err)})") from None
 
 
 def read_crop(path: str, size: int, corner: tuple[float, float] = (0.5, 0.5), flip: bool = False) -> torch.Tensor:
@@ -250,7 +251,7 @@ class ImageFilesDataModule(MediaDataModule):
                 images.append(read_crop(item["path"], self.image_size, corner, flip))
                 records.append(item)
             except Exception as err:  # noqa: BLE001 - a file that broke after setup: skip it, say so
-                log.warning("skipped %s (%s)", item["path"], str(err).splitlines()[0][:120])
+                log.warning("skipped %s (%s)", item["path"], one_line(err))
         if not images:
             raise AnyGPTError(f"no readable image in a batch of {len(items)} ({items[0][0]['path']}, ...)")
         return {"image": torch.stack(images), "items": records}

@@ -1,11 +1,10 @@
-"""Pieces of SEED-2 stage-2 training (``SeedTrainer``): the straight-through VQ, the two code-decoder heads on
+"""Pieces of SEED-2 stage-2 training (``SeedTrainer``): the straight-through VQ, the reconstruction head on
 quantised vectors, and dead-code restarts.
 
-The heads repeat ``SeedQuantizer.codebook_entry`` (image head) and the reference's ``get_recon`` path (``pos_embed``
-+ ``blocks``, unused at inference) from decoded vectors instead of ids, so that gradient reaches the codebook and
-``encode_task_layer``; at equal ids the image head gives exactly ``codebook_entry``'s embedding.
+The image head is the inference model's own (``SeedQuantizer.image_features``, which ``codebook_entry`` runs); the
+reconstruction head is the reference's ``get_recon`` path (``pos_embed`` + ``blocks``, unused at inference). Both
+take decoded vectors instead of ids, so that gradient reaches the codebook and ``encode_task_layer``.
 """
-
 from __future__ import annotations
 
 import torch
@@ -50,15 +49,6 @@ def recon_from_decoded(model: SeedQuantizer, decoded: Tensor) -> Tensor:
     for block in model.blocks:
         x = block(x)
     return x
-
-
-def embedding_from_decoded(model: SeedQuantizer, decoded: Tensor) -> Tensor:
-    """The image head, ``[B, image_features_dim]``: ``codebook_entry`` after its ``decode_task_layer``."""
-    x = decoded + model.pos_embed_image.repeat(decoded.shape[0], 1, 1)
-    for block in model.blocks_image:
-        x = block(x)
-    x = model.image_down(x)
-    return model.distill_image_proj(x.reshape(x.shape[0], -1))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anygpt import AnyGPTError
+from anygpt.messages import one_line
 
 UNKNOWN = "<unk>"  # the class of phoneme labels missing from the configured vocabulary
 
@@ -44,8 +45,7 @@ class HubertTeacher(nn.Module):
             try:
                 self.model = HubertModel.from_pretrained(str(path))
             except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise AnyGPTError(f"cannot load the HuBERT teacher {model}: {first}") from err
+                raise AnyGPTError(f"cannot load the HuBERT teacher {model}: {one_line(err)}") from err
         count = self.model.config.num_hidden_layers + 1
         if layer != "avg" and not -count <= layer < count:
             raise AnyGPTError(f"HubertTeacher: layer {layer} is out of range; the model has {count} hidden states")

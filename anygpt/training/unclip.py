@@ -36,6 +36,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from anygpt import AnyGPTError
 from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder
+from anygpt.messages import one_line
 from anygpt.training.image_embedders import check_images, embeddings_of
 from anygpt.training.arguments import check_keys, from_cli, warmup_schedule
 from anygpt.training.unclip_parts import assemble
@@ -298,6 +299,6 @@ def checkpoint_components(checkpoint: str) -> dict:
     try:
         trained = UnCLIPTrainer.load_from_checkpoint(checkpoint, map_location="cpu", embedder=None)
     except (KeyError, TypeError, RuntimeError) as err:
-        raise AnyGPTError(f"{checkpoint}: not an UnCLIPTrainer fit checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:120]})") from None
+        raise AnyGPTError(f"{checkpoint}: not an UnCLIPTrainer fit checkpoint ("
+                          f"{one_line(err, with_type=True)})") from None
     return {k: v for k, v in trained.decoder.pipe.components.items() if k not in ("image_encoder", "feature_extractor")}

@@ -164,8 +164,12 @@ class SeedQuantizer(nn.Module):
 
     def codebook_entry(self, ids: Tensor) -> Tensor:
         """Ids ``[B, Q]`` -> image features ``[B, image_features_dim]`` (``get_codebook_entry``); ids unchecked."""
-        x = self.decode_task_layer(self.quantize.embedding(ids))
-        x = x + self.pos_embed_image.repeat(x.shape[0], 1, 1)
+        return self.image_features(self.decode_task_layer(self.quantize.embedding(ids)))
+
+    def image_features(self, decoded: Tensor) -> Tensor:
+        """The image head on ``decode_task_layer`` outputs ``[B, Q, hidden]`` (training feeds it straight-through
+        quantised vectors): ``[B, image_features_dim]``."""
+        x = decoded + self.pos_embed_image.repeat(decoded.shape[0], 1, 1)
         for block in self.blocks_image:
             x = block(x)
         x = self.image_down(x)
