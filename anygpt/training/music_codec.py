@@ -68,6 +68,13 @@ class EncodecTrainer(LightningModule):
         self.automatic_optimization = not adversarial
         self.optimizer_factory = optimizer
         self.usage = CodebookUsage(self.levels, self.codec.codebook_size)
+        self.train()  # Lightning keeps each submodule's mode: the frozen codec's Encodec must train (cuDNN's LSTM)
+
+    def train(self, mode: bool = True) -> EncodecTrainer:
+        """Switch modes; the codec's Encodec follows (the inference wrapper itself stays frozen)."""
+        super().train(mode)
+        self.codec.model.train(mode)
+        return self
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction ``[B, L]``, codes ``[levels, B, T]`` and commitment loss of clips ``[B, L]``."""

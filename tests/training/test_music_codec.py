@@ -85,6 +85,27 @@ def test_adversarial_training_steps_both_networks(monkeypatch):
         assert not torch.equal(encoder, cli.model.codec.model.encoder.layers[0].conv.weight)
 
 
+@pytest.mark.parametrize("trainer_path", ["anygpt.training.music_codec.EncodecTrainer",
+                                          "anygpt.training.speech_codec.SpeechTokenizerTrainer"])
+def test_the_wrapped_network_trains_while_its_trainer_does(trainer_path):
+    """cuDNN's LSTM has no backward in eval mode: the frozen inference codec must not keep its network in eval."""
+    import importlib
+
+    module_name, name = trainer_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), name)
+    config = ({"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}}
+              if name == "EncodecTrainer" else
+              {"config": {"n_filters": 4, "dimension": 32, "semantic_dimension": 16}, "checkpoint": None,
+               "decoder": None})
+    trainer = cls(codec=config)
+    lstm = next(m for m in trainer.codec.model.modules() if isinstance(m, torch.nn.LSTM))
+    assert lstm.training
+    trainer.eval()
+    assert not lstm.training
+    trainer.train()
+    assert lstm.training
+
+
 def test_unknown_loss_weight_is_one_line():
     from anygpt.training.music_codec import EncodecTrainer
 
