@@ -80,6 +80,18 @@ def resolve_file(ref: str | os.PathLike) -> Path:
     return path
 
 
+def read_state(path: str | os.PathLike) -> object:
+    """The object in a weight file: a ``.safetensors`` file's tensors (half-precision ones as float32), else what
+    ``torch.load(weights_only=True)`` reads. Errors propagate to the caller, which names the model."""
+    import torch
+
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in load_file(path).items()}
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _download_repo(repo_id: str, filename: str | None, ignore: list[str] | None = None) -> Path:
     try:
         from huggingface_hub import hf_hub_download, snapshot_download

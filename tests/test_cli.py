@@ -21,7 +21,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "tests" / 
 def subcommand_for(path: Path) -> str:
     if "tokenize" in path.parts or path.name.startswith("tokenize"):
         return "tokenize"
-    trains = {"fit", "codecs"} & set(path.parts) or path.name.startswith("fit")
+    trains = {"fit", "codecs", "demo"} & set(path.parts) or path.name.startswith("fit")
     return "fit" if trains else "predict"
 
 

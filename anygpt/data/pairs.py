@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState, shuffled_epochs
+from anygpt.data.shards import expand_folders
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class PairedJsonlDataModule(ResumableData, LightningDataModule):
     skipped with a warning naming the file and line.
 
     Args:
-        train_files: JSONL files for ``fit``.
+        train_files: JSONL files or token shards for ``fit``; a folder stands for the shards in it.
         val_files: JSONL files for validation (``fit`` and ``validate``).
         batch_size: Sequences per batch and process (a resumed fit keeps the checkpoint's global batch).
         max_length: Longest sequence; longer ones are cut (and then get no ``</s>``).
@@ -105,7 +106,7 @@ class PairedJsonlDataModule(ResumableData, LightningDataModule):
         super().__init__()
         if not 0 <= to_text_prob <= 1:
             raise AnyGPTError(f"to_text_prob must lie in [0, 1], got {to_text_prob}")
-        self.train_files, self.val_files = list(train_files), list(val_files)
+        self.train_files, self.val_files = expand_folders(list(train_files)), expand_folders(list(val_files))
         self.batch_size, self.max_length, self.num_workers = batch_size, max_length, num_workers
         self.to_text_prob, self.seed = to_text_prob, seed
         self.train, self.val, self.problems = [], [], []

@@ -20,6 +20,7 @@ from anygpt import AnyGPTError
 from anygpt.data.packing import collate_packed, pack_greedy
 from anygpt.data.pairs import read_examples
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
+from anygpt.data.shards import expand_folders
 
 
 def _check_specs(specs: list[dict], where: str) -> list[dict]:
@@ -31,6 +32,7 @@ def _check_specs(specs: list[dict], where: str) -> list[dict]:
             raise AnyGPTError(f"{where}[{i}]: unknown fields {sorted(unknown)} (files, weight, to_text_prob, name)")
         if not spec.get("files"):
             raise AnyGPTError(f"{where}[{i}]: give its JSONL `files`")
+        spec["files"] = expand_folders(list(spec["files"]))
         spec.setdefault("weight", 1.0)
         spec.setdefault("to_text_prob", 0.5)
         spec.setdefault("name", f"{where}{i}")
@@ -52,7 +54,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
 
     Args:
         datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each; files are
-            AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``).
+            AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``), or folders of them.
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
         batch_size: Blocks per batch and process (global batch: x processes; a resumed fit keeps the checkpoint's

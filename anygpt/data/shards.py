@@ -53,6 +53,25 @@ def shard_finished(stem: str | os.PathLike) -> bool:
     return stem.with_name(stem.name + ".meta.json").is_file() or stem.with_name(stem.name + ".jsonl").is_file()
 
 
+def expand_folders(files: list[str]) -> list[str]:
+    """``files`` with every folder replaced by the shards and JSONL files in it, sorted (a tokenize output folder
+    names all its shards); other entries stay as given."""
+    out = []
+    for file in files:
+        folder = Path(file)
+        if not folder.is_dir():
+            out.append(str(file))
+            continue
+        stems = sorted(p.name[: -len(".meta.json")] for p in folder.glob("*.meta.json"))
+        texts = {f"{stem}.texts.jsonl" for stem in stems}
+        found = [str(folder / stem) for stem in stems]
+        found += [str(p) for p in sorted(folder.glob("*.jsonl")) if p.name not in texts]
+        if not found:
+            raise AnyGPTError(f"data folder {folder} holds no token shards or JSONL files")
+        out += sorted(found)
+    return out
+
+
 def token_string(codes, token_prefix: str, start_tag: str, end_tag: str) -> str:
     """``<start><prefix c0><prefix c1>...<end>`` for codec-local codes."""
     return start_tag + "".join(f"<{token_prefix}{int(c)}>" for c in codes) + end_tag

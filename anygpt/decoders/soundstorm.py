@@ -11,6 +11,8 @@ MASK) and summed, the semantic embedding is added, a Conformer runs over the fra
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import torch
@@ -100,8 +102,8 @@ class SoundStormDecoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, checkpoint: str = CHECKPOINT, **config) -> SoundStormDecoder:
-        """Load a checkpoint (a plain state dict, a dict with a ``"model"`` entry, or an ``anygpt fit`` checkpoint of
-        ``SoundStormTrainer``, with its saved config) strictly, in eval mode.
+        """Load a checkpoint (a plain state dict, a ``.safetensors`` file, a dict with a ``"model"`` entry, or an
+        ``anygpt fit`` checkpoint of ``SoundStormTrainer``, with its saved config) strictly, in eval mode.
 
         Args:
             checkpoint: Local file, URL or ``<owner>/<repo>/<file>`` on the Hugging Face Hub.
@@ -112,14 +114,19 @@ class SoundStormDecoder(nn.Module):
         Raises:
             AnyGPTError: The file is missing, unreadable, or does not fit the model (one line).
         """
-        from anygpt.hub import resolve_file
+        from anygpt.hub import read_state, resolve_file
 
         path = resolve_file(checkpoint)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_state(path)
         except Exception as err:
             raise AnyGPTError(f"cannot read the SoundStorm checkpoint {path}: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        if path.suffix == ".safetensors":  # the trainer's config travels in the file's metadata
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as file:
+                config = {**json.loads((file.metadata() or {}).get("soundstorm_config", "{}")), **config}
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # `anygpt fit`'s SoundStormTrainer

@@ -67,8 +67,9 @@ class SpeechTokenizerCodec(BaseCodec):
         config: The SpeechTokenizer ``config.json`` (a path, URL or ``<owner>/<repo>/<file>``), or a dict of its
             fields; a dict with ``checkpoint: null`` builds random weights (the tiny variant overrides
             ``{n_filters: 4, dimension: 32, semantic_dimension: 16}``).
-        checkpoint: The SpeechTokenizer weights (``ckpt.dev``, a plain state dict loaded strictly); None gives
-            random weights drawn with ``seed``.
+        checkpoint: The SpeechTokenizer weights, loaded strictly: ``ckpt.dev`` (a plain state dict), a
+            ``.safetensors`` file of the same keys, or an ``anygpt fit`` checkpoint; None gives random weights drawn
+            with ``seed``.
         decoder: SoundStorm for RVQ 2-8: a ``SoundStormDecoder``, the reference of its checkpoint, or None.
         steps: SoundStorm's MaskGIT steps on RVQ layer 2 when ``decode`` is not told (AnyGPT ran 3).
         decoder_dtype: SoundStorm's weight dtype: ``float32`` as the original; ``bfloat16`` is about 3.5x faster
@@ -234,8 +235,10 @@ class SpeechTokenizerCodec(BaseCodec):
 
 
 def _load_state(model: torch.nn.Module, path) -> None:
+    from anygpt.hub import read_state
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state(path)
     except Exception as err:
         raise AnyGPTError(f"cannot read the SpeechTokenizer checkpoint {path}: {type(err).__name__}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

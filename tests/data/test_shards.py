@@ -110,3 +110,19 @@ def test_empty_shard_and_bad_codes(tmp_path):
     assert len(BinaryShard(tmp_path / "e")) == 0 and list(read_shard(tmp_path / "e.bin")) == []
     with ShardWriter(tmp_path / "n", **MUSIC) as writer, pytest.raises(ValueError):
         writer.add([-1], "negative")
+
+
+def test_a_folder_stands_for_its_shards_and_jsonl_files(tmp_path):
+    from anygpt.data.shards import expand_folders
+
+    write(tmp_path / "out" / "shard-00001")
+    write(tmp_path / "out" / "shard-00000")
+    write(tmp_path / "out" / "extra", format="jsonl")
+    (tmp_path / "out" / "tokenize_report.json").write_text("{}")
+    single = str(tmp_path / "one.jsonl")
+    assert expand_folders([str(tmp_path / "out"), single]) == [
+        str(tmp_path / "out" / "extra.jsonl"), str(tmp_path / "out" / "shard-00000"),
+        str(tmp_path / "out" / "shard-00001"), single]  # no .texts.jsonl sidecars, no reports
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnyGPTError, match="holds no token shards"):
+        expand_folders([str(tmp_path / "empty")])

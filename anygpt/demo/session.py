@@ -1,0 +1,74 @@
+"""The demo model as a Python object: recognise speech files and speak texts, through the same predict path as
+``anygpt predict --config configs/demo.yaml``.
+
+    from anygpt.demo.session import DemoSession
+    demo = DemoSession()                       # configs/demo.yaml, the shipped weights, CPU
+    demo.transcribe(["anygpt/demo/clips/heldout_0.wav"])
+    audio = demo.synthesize(["the red ball is under the table"], voice_prompts=["anygpt/demo/clips/heldout_1.wav"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from anygpt import AnyGPTError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "demo.yaml"
+WEIGHTS = Path(__file__).with_name("weights")
+
+
+class DemoSession:
+    """A predict config's model, loaded once (no trainer, no writer).
+
+    Args:
+        config: The predict config (relative paths in it are taken from the repository root).
+        overrides: Further command-line style arguments, e.g. ``["--model.backbone", "runs/demo/lm_export"]``.
+        batch_size: Requests answered together.
+    """
+
+    def __init__(self, config: str | Path = CONFIG, overrides: Sequence[str] = (), batch_size: int = 8):
+        import os
+
+        from anygpt.cli import AnyGPTCLI
+
+        here = os.getcwd()
+        os.chdir(ROOT)  # the config names files relative to the repository root
+        try:
+            cli = AnyGPTCLI(args=["--config", str(config), "--trainer.logger", "false",
+                                  "--trainer.callbacks", "[]", *overrides], run=False)
+        finally:
+            os.chdir(here)
+        self.model = cli.model.eval()
+        self.batch_size = batch_size
+
+    def _answer(self, lines: list[str], seed: int) -> list[dict]:
+        from anygpt.data.requests import read_requests
+
+        requests = read_requests(lines)
+        for i, request in enumerate(requests):
+            request.seed = seed + i
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(requests), self.batch_size):
+                out += self.model.predict_step(requests[start: start + self.batch_size])
+        failed = [r for r in out if r["status"] != "ok"]
+        if failed:
+            raise AnyGPTError(f"request {failed[0]['request']!r} failed: {failed[0].get('error')}")
+        return out
+
+    def transcribe(self, paths: Sequence[str | Path], seed: int = 0) -> list[str]:
+        """The text the model hears in each speech file."""
+        return [r["text"] for r in self._answer([f"speech|text|{Path(p).resolve()}" for p in paths], seed)]
+
+    def synthesize(self, texts: Sequence[str], voice_prompts: Sequence[str | Path | None] | None = None,
+                   seed: int = 0) -> list[torch.Tensor]:
+        """16 kHz speech ``[1, L]`` for each text, in the voice of its prompt file (None: a random voice)."""
+        prompts = list(voice_prompts or [None] * len(texts))
+        if len(prompts) != len(texts):
+            raise AnyGPTError(f"voice_prompts: {len(prompts)} for {len(texts)} texts")
+        lines = [f"text|speech|{t}" + (f"|{Path(p).resolve()}" if p else "") for t, p in zip(texts, prompts)]
+        return [r["media"] for r in self._answer(lines, seed)]

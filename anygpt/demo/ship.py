@@ -1,0 +1,110 @@
+"""Turn the demo world's training runs into the weights the package ships (``anygpt/demo/weights``).
+
+    python -m anygpt.demo.ship runs/demo anygpt/demo/weights
+
+Writes ``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``),
+``soundstorm.safetensors`` (``SoundStormDecoder.from_pretrained``; its constructor arguments in the file's metadata)
+and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the shipped held-out
+clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from anygpt import AnyGPTError
+
+CLIPS = Path(__file__).with_name("clips")
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def _fit_state(ckpt: Path, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise AnyGPTError(f"{ckpt} holds no '{prefix}' weights")
+    return state, checkpoint
+
+
+def ship_speech_codec(ckpt: Path, out: Path) -> Path:
+    """The SpeechTokenizer weights of a ``SpeechTokenizerTrainer`` fit checkpoint, half precision."""
+    from safetensors.torch import save_file
+
+    state, _ = _fit_state(ckpt, "codec.model.")
+    path = out / "speech_codec.safetensors"
+    save_file(_half(state), path)
+    return path
+
+
+def ship_soundstorm(ckpt: Path, out: Path) -> Path:
+    """The decoder of a ``SoundStormTrainer`` fit checkpoint, half precision, with its config as metadata."""
+    from safetensors.torch import save_file
+
+    from anygpt.training.soundstorm import CONFIG_KEY
+
+    state, checkpoint = _fit_state(ckpt, "decoder.")
+    path = out / "soundstorm.safetensors"
+    save_file(_half(state), path, metadata={CONFIG_KEY: json.dumps(checkpoint.get(CONFIG_KEY, {}))})
+    return path
+
+
+def ship_lm(ckpt: Path, out: Path) -> Path:
+    """``anygpt export`` of the LM checkpoint in float16, into ``out/lm``."""
+    from anygpt.lm.export import export
+
+    folder = out / "lm"
+    if folder.exists():
+        shutil.rmtree(folder)
+    return export(ckpt, folder, dtype="float16")
+
+
+def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
+    """The first ``count`` held-out sentences, spoken by their held-out voices, as 16 kHz wavs (test inputs and the
+    README's examples); rebuilt exactly from ``heldout.jsonl`` by espeak-ng."""
+    import soundfile
+
+    from anygpt.demo.espeak import Espeak
+    from anygpt.demo.heldout import read
+    from anygpt.demo.speech_corpus import SAMPLE_RATE, resample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    espeak, paths = Espeak(), []
+    for i, line in enumerate(read(modality="speech")[:count]):
+        a = line["attributes"]
+        spoken = espeak.say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
+        audio = resample(spoken.audio, spoken.sample_rate)
+        path = folder / f"heldout_{i}.wav"
+        soundfile.write(path, 0.7 * audio / max(1e-6, float(abs(audio).max())), SAMPLE_RATE, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the demo weights that the package ships.")
+    parser.add_argument("runs", nargs="?", default="runs/demo")
+    parser.add_argument("out", nargs="?", default=str(Path(__file__).with_name("weights")))
+    parser.add_argument("--clips", type=int, default=4, help="held-out clips to write (0: none)")
+    args = parser.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = {"speech_codec": ship_speech_codec, "soundstorm": ship_soundstorm, "lm": ship_lm}
+    for name, ship in parts.items():
+        ckpt = runs / name / "last.ckpt"
+        if ckpt.is_file():
+            print(f"{name}: {ship(ckpt, out)}")
+        else:
+            print(f"{name}: skipped, no {ckpt}")
+    if args.clips:
+        print("clips:", *write_clips(args.clips))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The demo world's speech goals on its held-out split (sentences and voices that training never saw).
+
+ASR: WER of the demo on held-out sentences spoken (espeak-ng, from ``anygpt/demo/heldout.jsonl``) by held-out voices.
+TTS: WER of the demo's ASR on its own speech for held-out sentences (random voices), and, where ``pocketsphinx`` is
+installed, of an independent recogniser (PocketSphinx en-us on the demo grammar, ``sphinx_recognizer.py``) on the
+same speech and on the espeak-ng originals. Zero-shot TTS: a held-out clip of voice A prompts the synthesis of another
+sentence; a pretrained speaker encoder (``resemblyzer``) compares the output with espeak-ng's rendering of that
+sentence by voice A and by another held-out voice B; a pair counts when A is the closer one. Codec: mel distance
+(mean |log mel| difference, 80 bands) and SI-SNR (torchmetrics) of 8-level reconstructions, and the perplexity of each
+RVQ level's code distribution. Also the CPU time of the demo config's own example requests.
+
+    python benchmarks/demo_speech.py                           # the shipped weights (configs/demo.yaml)
+    python benchmarks/demo_speech.py --count 40 --pairs 20     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from timing import write_json
+
+
+def heldout_clips(folder: Path, lines: list[dict]) -> list[Path]:
+    """espeak-ng renderings of held-out lines (text and voice attributes), as 16 kHz wavs."""
+    from anygpt.demo.espeak import Espeak
+    from anygpt.demo.speech_corpus import SAMPLE_RATE, resample
+
+    espeak, paths = Espeak.shared(), []
+    for i, line in enumerate(lines):
+        a = line["attributes"]
+        spoken = espeak.say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
+        audio = resample(spoken.audio, spoken.sample_rate)
+        path = folder / f"{i:04d}.wav"
+        soundfile.write(path, 0.7 * audio / max(1e-6, float(np.abs(audio).max())), SAMPLE_RATE)
+        paths.append(path)
+    return paths
+
+
+def wer(hyps: list[str], refs: list[str]) -> float:
+    from torchmetrics.functional.text import word_error_rate
+
+    return float(word_error_rate(hyps, refs))
+
+
+def codec_figures(codec, paths: list[Path]) -> dict:
+    import torchaudio
+    from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
+
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=256, n_mels=80)
+    distances, snrs, codes_by_level = [], [], []
+    model = codec.model.eval()
+    for path in paths:
+        audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
+        with torch.inference_mode():
+            codes = model.encode(audio)
+            recon = model.decode(codes)[0, 0, : audio.shape[-1]]
+        target = audio[0, 0, : recon.shape[-1]]
+        distances.append(float((mel(recon).clamp_min(1e-5).log() - mel(target).clamp_min(1e-5).log()).abs().mean()))
+        snrs.append(float(scale_invariant_signal_noise_ratio(recon, target)))
+        codes_by_level.append(codes[:, 0])
+    codes = torch.cat(codes_by_level, dim=-1)
+    perplexity = []
+    for level in codes:
+        p = torch.bincount(level, minlength=codec.vocab_size).float()
+        p = p[p > 0] / p.sum()
+        perplexity.append(float(torch.exp(-(p * p.log()).sum())))
+    return {"mel_distance": float(np.mean(distances)), "si_snr_db": float(np.mean(snrs)),
+            "perplexity_per_level": perplexity, "codebook_size": codec.vocab_size}
+
+
+def speaker_pairs(demo, lines: list[dict], folder: Path, pairs: int, seed: int) -> dict:
+    """Zero-shot TTS: is the output closer to its prompt's voice than to another held-out voice?"""
+    from resemblyzer import VoiceEncoder, preprocess_wav
+
+    encoder = VoiceEncoder("cpu", verbose=False)
+    rng = random.Random(seed)
+    by_voice: dict[str, list[int]] = {}
+    for i, line in enumerate(lines):
+        by_voice.setdefault(line["attributes"]["voice"], []).append(i)
+    voices = sorted(by_voice)
+    jobs = []
+    for _ in range(pairs):
+        a, b = rng.sample(voices, 2)
+        prompt, sentence = by_voice[a][0], rng.randrange(len(lines))
+        jobs.append((a, b, prompt, lines[sentence]["text"]))
+    prompt_paths = heldout_clips(folder / "prompts", [lines[p] for _, _, p, _ in jobs]) if jobs else []
+    outputs = demo.synthesize([t for *_, t in jobs], voice_prompts=prompt_paths, seed=seed)
+    refs = {}
+    for k, (a, b, prompt, text) in enumerate(jobs):
+        for voice in (a, b):
+            attributes = next(line["attributes"] for line in lines if line["attributes"]["voice"] == voice)
+            refs[k, voice] = heldout_clips(folder / f"ref{k}_{voice.replace('+', '_')}",
+                                           [{"text": text, "attributes": attributes}])[0]
+    wins, margins = 0, []
+    embed = lambda x: encoder.embed_utterance(preprocess_wav(x, source_sr=16000))  # noqa: E731
+    for k, ((a, b, _, _), out) in enumerate(zip(jobs, outputs)):
+        e = embed(out[0].numpy())
+        sim_a = float(e @ embed(soundfile.read(refs[k, a])[0]))
+        sim_b = float(e @ embed(soundfile.read(refs[k, b])[0]))
+        wins += sim_a > sim_b
+        margins.append(sim_a - sim_b)
+    return {"pairs": len(jobs), "prompt_voice_closer": wins / max(1, len(jobs)),
+            "mean_margin": float(np.mean(margins)) if margins else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--override", nargs="*", default=[], help="extra CLI arguments for the config")
+    parser.add_argument("--count", type=int, default=100, help="held-out sentences for ASR and TTS")
+    parser.add_argument("--pairs", type=int, default=50, help="zero-shot TTS pairs (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/demo_speech.json")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    from anygpt.demo.heldout import read
+    from anygpt.demo.session import DemoSession
+
+    lines = read(modality="speech")
+    started = time.perf_counter()
+    demo = DemoSession(args.config, args.override)
+    load_s = time.perf_counter() - started
+    folder = Path(tempfile.mkdtemp(prefix="demo_speech_"))
+    clips = heldout_clips(folder / "heldout", lines[: args.count])
+    refs = [line["text"] for line in lines[: args.count]]
+    result = {"benchmark": "demo_speech", "config": args.config, "override": args.override, "count": len(refs),
+              "load_s": load_s}
+
+    started = time.perf_counter()
+    hyps = demo.transcribe(clips, seed=args.seed)
+    result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / len(clips),
+                     "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
+    started = time.perf_counter()
+    speech = demo.synthesize(refs, seed=args.seed)
+    tts_s = (time.perf_counter() - started) / len(refs)
+    tts_paths = []
+    for i, audio in enumerate(speech):
+        tts_paths.append(folder / "tts" / f"{i:04d}.wav")
+        tts_paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(tts_paths[-1], audio[0].numpy(), 16000)
+    heard = demo.transcribe(tts_paths, seed=args.seed)
+    result["tts"] = {"wer_demo_asr": wer(heard, refs), "seconds_per_sentence": tts_s,
+                     "examples": [{"ref": r, "heard": h} for r, h in list(zip(refs, heard))[:5]]}
+    try:
+        from sphinx_recognizer import SphinxRecognizer
+
+        sphinx = SphinxRecognizer()
+        listen = lambda paths: [sphinx.transcribe(soundfile.read(p, dtype="float32")[0]) for p in paths]  # noqa: E731
+        result["tts"]["wer_sphinx"] = wer(listen(tts_paths), refs)
+        result["tts"]["wer_sphinx_on_espeak"] = wer(listen(clips), refs)
+    except ImportError:
+        result["tts"]["wer_sphinx"] = None
+    result["codec"] = codec_figures(demo.model.codecs["speech"], clips)
+    if args.pairs:
+        result["zero_shot"] = speaker_pairs(demo, lines, folder, args.pairs, args.seed)
+    write_json(args.out, result)
+    print(f"{'task':<14} {'measure':<44} {'value':>8}")
+    print(f"{'ASR':<14} {'WER, held-out sentences and voices':<44} {100 * result['asr']['wer']:>7.1f}%")
+    print(f"{'TTS':<14} {'WER of the demo ASR on its TTS':<44} {100 * result['tts']['wer_demo_asr']:>7.1f}%")
+    if result["tts"].get("wer_sphinx") is not None:
+        print(f"{'TTS':<14} {'WER of PocketSphinx on its TTS (on espeak)':<44} "
+              f"{100 * result['tts']['wer_sphinx']:>7.1f}% ({100 * result['tts']['wer_sphinx_on_espeak']:.1f}%)")
+    if "zero_shot" in result:
+        print(f"{'zero-shot TTS':<14} {'prompt voice closer (resemblyzer)':<44} "
+              f"{100 * result['zero_shot']['prompt_voice_closer']:>7.1f}%")
+    c = result["codec"]
+    print(f"{'codec':<14} {'mel distance / SI-SNR dB':<44} {c['mel_distance']:>8.3f} / {c['si_snr_db']:.1f}")
+    print(f"{'codec':<14} {'perplexity per level':<44} {' '.join(f'{p:.0f}' for p in c['perplexity_per_level'])}")
+    print(f"{'CPU':<14} {'s per ASR clip / TTS sentence':<44} {result['asr']['seconds_per_clip']:>8.2f} / {tts_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Rebuild the demo world one resumable stage at a time; each stage fits one GPU command (under 8 minutes).
+#   bash configs/demo/stage.sh STAGE [OUT]
+# Stages, in order (run a training stage again to train it further: it resumes from its last.ckpt):
+#   speech_codec  build the espeak-ng corpus if missing; train the speech codec (configs/demo/speech_codec.yaml)
+#   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
+#   lm            the text tokenizer (runs/demo/tokenizer); unless data/demo/shards holds them, the corpus and its
+#                 RVQ-1 shards (configs/demo/tokenize_speech.yaml); train the LM on them (configs/demo/lm.yaml)
+# Each stage needs the files of the stages before it: runs/demo/speech_codec/last.ckpt (the lm stage needs it only
+# to tokenize; carry data/demo/shards instead).
+# With OUT, the stage's last.ckpt is also copied there in 15 MiB parts (<name>.ckpt.part-aa, -ab, ...: join them with
+# cat), with its metrics, the corpus summary and (lm) shards.tar.
+# DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus.
+set -euo pipefail
+stage=${1:?usage: stage.sh STAGE [OUT]}
+out=${2:-}
+seed=${DEMO_SEED:-0}
+minutes=${DEMO_MINUTES:-7}
+
+corpus() {
+  [ -f data/demo/speech/corpus.json ] || python -m anygpt.demo.speech_corpus data/demo/speech --seed "$seed" \
+    --train 20000 --val 500 --test 500
+}
+
+fit() {  # fit CONFIG NAME: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
+  local resume=() limit
+  [ -f "runs/demo/$2/last.ckpt" ] && resume=(--ckpt_path "runs/demo/$2/last.ckpt")
+  # max_time counts the training time of earlier stages too (the checkpoint's Timer state): add this stage's share
+  limit=$(python - "runs/demo/$2/last.ckpt" "$minutes" <<'PY'
+import os, sys, torch
+done = 0.0
+if os.path.isfile(sys.argv[1]):
+    timer = torch.load(sys.argv[1], map_location="cpu", weights_only=False).get("callbacks", {}).get("Timer", {})
+    done = timer.get("time_elapsed", {}).get("train", 0.0)
+total = int(done + 60 * float(sys.argv[2]))
+print(f"{total // 86400:02d}:{total % 86400 // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}")
+PY
+)
+  python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}"
+}
+
+tokenize() {
+  for split in train val; do
+    python -m anygpt tokenize --config configs/demo/tokenize_speech.yaml \
+      --data.manifest "data/demo/speech/$split.jsonl" --data.output_dir "data/demo/shards/$split"
+  done
+}
+
+pack() {  # pack NAME: last.ckpt in parts and the CSV metrics into OUT
+  [ -n "$out" ] || return 0
+  mkdir -p "$out"
+  split -b 15M "runs/demo/$1/last.ckpt" "$out/$1.ckpt.part-"
+  cp "runs/demo/$1_logs/version_0/metrics.csv" "$out/$1_metrics.csv" 2>/dev/null || true
+  cp data/demo/speech/corpus.json "$out/corpus.json" 2>/dev/null || true
+}
+
+case "$stage" in
+  speech_codec) corpus; fit configs/demo/speech_codec.yaml speech_codec; pack speech_codec ;;
+  soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
+  lm)
+    [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
+    if [ ! -f data/demo/shards/val/tokenize_report.json ]; then
+      corpus; rm -rf data/demo/shards; tokenize
+    fi
+    [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards
+    fit configs/demo/lm.yaml lm; pack lm ;;
+  *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
+esac
