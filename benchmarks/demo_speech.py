@@ -6,8 +6,9 @@ installed, of an independent recogniser (PocketSphinx en-us on the demo grammar,
 same speech and on the espeak-ng originals. Zero-shot TTS: a held-out clip of voice A prompts the synthesis of another
 sentence; a pretrained speaker encoder (``resemblyzer``) compares the output with espeak-ng's rendering of that
 sentence by voice A and by another held-out voice B; a pair counts when A is the closer one. Codec: mel distance
-(mean |log mel| difference, 80 bands) and SI-SNR (torchmetrics) of 8-level reconstructions, and the perplexity of each
-RVQ level's code distribution. Also the CPU time of the demo config's own example requests.
+(mean |log mel| difference, 80 bands) and SI-SNR (torchmetrics) of 8-level reconstructions, the perplexity of each
+RVQ level's code distribution, and RVQ-1's phoneme purity (each code labelled by a majority vote on 300 clips of
+training voices; the share of held-out-voice frames whose code names their phoneme). Also the CPU time of the demo config's own example requests.
 
     python benchmarks/demo_speech.py                           # the shipped weights (configs/demo.yaml)
     python benchmarks/demo_speech.py --count 40 --pairs 20     # quicker
@@ -27,12 +28,14 @@ import torch
 from timing import write_json
 
 
-def heldout_clips(folder: Path, lines: list[dict]) -> list[Path]:
-    """espeak-ng renderings of held-out lines (text and voice attributes), as 16 kHz wavs."""
+def heldout_clips(folder: Path, lines: list[dict], phonemes: list | None = None) -> list[Path]:
+    """espeak-ng renderings of held-out lines (text and voice attributes), as 16 kHz wavs; their phoneme spans are
+    appended to ``phonemes`` when given."""
     from anygpt.demo.espeak import Espeak
     from anygpt.demo.speech_corpus import SAMPLE_RATE, resample
 
     espeak, paths = Espeak.shared(), []
+    folder.mkdir(parents=True, exist_ok=True)
     for i, line in enumerate(lines):
         a = line["attributes"]
         spoken = espeak.say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
@@ -40,7 +43,37 @@ def heldout_clips(folder: Path, lines: list[dict]) -> list[Path]:
         path = folder / f"{i:04d}.wav"
         soundfile.write(path, 0.7 * audio / max(1e-6, float(np.abs(audio).max())), SAMPLE_RATE)
         paths.append(path)
+        if phonemes is not None:
+            phonemes.append([(p.lstrip("'").lstrip(","), start, end) for p, start, end in spoken.phonemes])
     return paths
+
+
+def code_purity(codec, train: tuple[list[Path], list], test: tuple[list[Path], list]) -> dict:
+    """How much of the phoneme RVQ-1 carries: each code votes for the phoneme it most often sits in on clips of
+    training voices; the share of held-out-voice frames whose code votes their own phoneme (frame centres)."""
+    from collections import Counter, defaultdict
+
+    def frames(paths, spans):
+        out = []
+        for path, phonemes in zip(paths, spans):
+            audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
+            with torch.inference_mode():
+                codes = codec.model.encode(audio, n_q=1)[0, 0].tolist()
+            for t, code in enumerate(codes):
+                centre = (t + 0.5) * codec.hop_length / 16000
+                label = next((p for p, start, end in phonemes if start <= centre < end), None)
+                if label:
+                    out.append((code, label))
+        return out
+
+    votes = defaultdict(Counter)
+    for code, label in frames(*train):
+        votes[code][label] += 1
+    common = Counter(label for counts in votes.values() for label in counts.elements()).most_common(1)[0][0]
+    held = frames(*test)
+    majority = {code: counts.most_common(1)[0][0] for code, counts in votes.items()}
+    return {"rvq1_phoneme_purity": sum(majority.get(c, common) == l for c, l in held) / len(held),
+            "commonest_phoneme_share": sum(l == common for _, l in held) / len(held)}
 
 
 def wer(hyps: list[str], refs: list[str]) -> float:
@@ -117,6 +150,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100, help="held-out sentences for ASR and TTS")
     parser.add_argument("--pairs", type=int, default=50, help="zero-shot TTS pairs (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", choices=["asr", "tts", "codec"], default=["asr", "tts", "codec"],
+                        help="what to measure (zero-shot TTS runs with tts when --pairs > 0)")
     parser.add_argument("--out", default="benchmarks/results/demo_speech.json")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -128,15 +163,26 @@ def main() -> None:
     demo = DemoSession(args.config, args.override)
     load_s = time.perf_counter() - started
     folder = Path(tempfile.mkdtemp(prefix="demo_speech_"))
-    clips = heldout_clips(folder / "heldout", lines[: args.count])
+    spans: list = []
+    clips = heldout_clips(folder / "heldout", lines[: args.count], spans)
     refs = [line["text"] for line in lines[: args.count]]
     result = {"benchmark": "demo_speech", "config": args.config, "override": args.override, "count": len(refs),
               "load_s": load_s}
 
-    started = time.perf_counter()
-    hyps = demo.transcribe(clips, seed=args.seed)
-    result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / len(clips),
-                     "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
+    if "asr" in args.tasks:
+        started = time.perf_counter()
+        hyps = demo.transcribe(clips, seed=args.seed)
+        result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / len(clips),
+                         "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
+    if "tts" in args.tasks:
+        tts(demo, args, refs, clips, folder, lines, result)
+    if "codec" in args.tasks:
+        codec_part(demo, folder, clips, spans, result)
+    write_json(args.out, result)
+    report(result)
+
+
+def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: list[dict], result: dict) -> None:
     started = time.perf_counter()
     speech = demo.synthesize(refs, seed=args.seed)
     tts_s = (time.perf_counter() - started) / len(refs)
@@ -157,23 +203,42 @@ def main() -> None:
         result["tts"]["wer_sphinx_on_espeak"] = wer(listen(clips), refs)
     except ImportError:
         result["tts"]["wer_sphinx"] = None
-    result["codec"] = codec_figures(demo.model.codecs["speech"], clips)
     if args.pairs:
         result["zero_shot"] = speaker_pairs(demo, lines, folder, args.pairs, args.seed)
-    write_json(args.out, result)
+
+
+def codec_part(demo, folder: Path, clips: list[Path], spans: list, result: dict) -> None:
+    codec = demo.model.codecs["speech"]
+    result["codec"] = codec_figures(codec, clips)
+    from anygpt.demo.speech_corpus import plan
+
+    train_lines = [{"text": r["text"], "attributes": r} for r in plan(0, {"train": 0, "val": 300})["val"]]
+    train_spans: list = []
+    train_clips = heldout_clips(folder / "training_voices", train_lines, train_spans)
+    result["codec"].update(code_purity(codec, (train_clips, train_spans), (clips, spans)))
+
+
+def report(result: dict) -> None:
     print(f"{'task':<14} {'measure':<44} {'value':>8}")
-    print(f"{'ASR':<14} {'WER, held-out sentences and voices':<44} {100 * result['asr']['wer']:>7.1f}%")
-    print(f"{'TTS':<14} {'WER of the demo ASR on its TTS':<44} {100 * result['tts']['wer_demo_asr']:>7.1f}%")
-    if result["tts"].get("wer_sphinx") is not None:
+    if "asr" in result:
+        print(f"{'ASR':<14} {'WER, held-out sentences and voices':<44} {100 * result['asr']['wer']:>7.1f}%")
+    if "tts" in result:
+        print(f"{'TTS':<14} {'WER of the demo ASR on its TTS':<44} {100 * result['tts']['wer_demo_asr']:>7.1f}%")
+    if result.get("tts", {}).get("wer_sphinx") is not None:
         print(f"{'TTS':<14} {'WER of PocketSphinx on its TTS (on espeak)':<44} "
               f"{100 * result['tts']['wer_sphinx']:>7.1f}% ({100 * result['tts']['wer_sphinx_on_espeak']:.1f}%)")
     if "zero_shot" in result:
         print(f"{'zero-shot TTS':<14} {'prompt voice closer (resemblyzer)':<44} "
               f"{100 * result['zero_shot']['prompt_voice_closer']:>7.1f}%")
-    c = result["codec"]
-    print(f"{'codec':<14} {'mel distance / SI-SNR dB':<44} {c['mel_distance']:>8.3f} / {c['si_snr_db']:.1f}")
-    print(f"{'codec':<14} {'perplexity per level':<44} {' '.join(f'{p:.0f}' for p in c['perplexity_per_level'])}")
-    print(f"{'CPU':<14} {'s per ASR clip / TTS sentence':<44} {result['asr']['seconds_per_clip']:>8.2f} / {tts_s:.2f}")
+    if "codec" in result:
+        c = result["codec"]
+        print(f"{'codec':<14} {'mel distance / SI-SNR dB':<44} {c['mel_distance']:>8.3f} / {c['si_snr_db']:.1f}")
+        print(f"{'codec':<14} {'RVQ-1 phoneme purity (commonest phoneme)':<44} "
+              f"{100 * c['rvq1_phoneme_purity']:>7.1f}% ({100 * c['commonest_phoneme_share']:.1f}%)")
+        print(f"{'codec':<14} {'perplexity per level':<44} {' '.join(f'{p:.0f}' for p in c['perplexity_per_level'])}")
+    if "asr" in result and "tts" in result:
+        print(f"{'CPU':<14} {'s per ASR clip / TTS sentence':<44} {result['asr']['seconds_per_clip']:>8.2f} / "
+              f"{result['tts']['seconds_per_sentence']:.2f}")
 
 
 if __name__ == "__main__":

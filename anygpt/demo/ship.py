@@ -87,6 +87,44 @@ def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
     return paths
 
 
+def _training(ckpt: Path) -> str:
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    seconds = checkpoint.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
+    return f"{checkpoint['global_step']} steps, {seconds / 60:.1f} min of training"
+
+
+def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
+               figures: Path = Path("benchmarks/results/demo_speech.json")) -> Path:
+    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained, the commit and the figures."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = ["# anygpt demo world, part 1: speech", "",
+             "A small speaking AnyGPT trained by this project from nothing on its own espeak-ng corpus "
+             "(`anygpt.demo`). Runs offline on the CPU: `anygpt predict --config configs/demo.yaml`.", "",
+             f"Shipped from commit `{commit or 'unknown'}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
+    for name, config in (("speech_codec", "configs/demo/speech_codec.yaml"), ("soundstorm", "configs/demo/soundstorm.yaml"),
+                         ("lm", "configs/demo/lm.yaml")):
+        ckpt = runs / name / "last.ckpt"
+        lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
+    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, soundstorm, tokenize, lm (repeat a "
+              "training stage to train it further), then `python -m anygpt.demo.ship`; see README, Demo world.", ""]
+    if corpus.is_file():
+        summary = json.loads(corpus.read_text())
+        lines += ["## Corpus", "", f"Seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
+        lines += [f"- {split}: {s['utterances']} utterances, {s['hours']} h, {s['voices']} voices, manifest sha256 "
+                  f"`{s['sha256'][:16]}`, audio sha256 `{s['audio_sha256'][:16]}`" for split, s in summary["splits"].items()]
+        lines.append("")
+    if figures.is_file():
+        result = json.loads(figures.read_text())
+        lines += ["## Held-out figures (`python benchmarks/demo_speech.py`)", "", "```",
+                  json.dumps({k: result[k] for k in ("count", "asr", "tts", "zero_shot", "codec") if k in result},
+                             indent=1), "```", ""]
+    path = out / "MODEL_CARD.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the demo weights that the package ships.")
     parser.add_argument("runs", nargs="?", default="runs/demo")
@@ -104,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, no {ckpt}")
     if args.clips:
         print("clips:", *write_clips(args.clips))
+    print("card:", write_card(runs, out))
 
 
 if __name__ == "__main__":

@@ -4,22 +4,25 @@
 # Stages, in order (run a training stage again to train it further: it resumes from its last.ckpt):
 #   speech_codec  build the espeak-ng corpus if missing; train the speech codec (configs/demo/speech_codec.yaml)
 #   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
-#   lm            the text tokenizer (runs/demo/tokenizer); unless data/demo/shards holds them, the corpus and its
-#                 RVQ-1 shards (configs/demo/tokenize_speech.yaml); train the LM on them (configs/demo/lm.yaml)
-# Each stage needs the files of the stages before it: runs/demo/speech_codec/last.ckpt (the lm stage needs it only
-# to tokenize; carry data/demo/shards instead).
+#   tokenize      corpus; its RVQ-1 token shards by the codec, data/demo/shards/{train,val}
+#                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~18 items/s a core)
+#   lm            the text tokenizer (runs/demo/tokenizer); train the LM on the shards (configs/demo/lm.yaml)
+# Each stage needs the files of the stages before it: runs/demo/speech_codec/last.ckpt for soundstorm and tokenize,
+# data/demo/shards for lm.
 # With OUT, the stage's last.ckpt is also copied there in 15 MiB parts (<name>.ckpt.part-aa, -ab, ...: join them with
-# cat), with its metrics, the corpus summary and (lm) shards.tar.
-# DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus.
+# cat), with its metrics and the corpus summary; tokenize writes shards.tar (unpack it in the repository root).
+# DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 20000) sets
+# its training utterances (a smaller corpus is a prefix of the larger one's training split).
 set -euo pipefail
 stage=${1:?usage: stage.sh STAGE [OUT]}
 out=${2:-}
 seed=${DEMO_SEED:-0}
 minutes=${DEMO_MINUTES:-7}
+train=${DEMO_TRAIN:-20000}
 
 corpus() {
   [ -f data/demo/speech/corpus.json ] || python -m anygpt.demo.speech_corpus data/demo/speech --seed "$seed" \
-    --train 20000 --val 500 --test 500
+    --train "$train" --val 500 --test 500
 }
 
 fit() {  # fit CONFIG NAME: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
@@ -57,12 +60,11 @@ pack() {  # pack NAME: last.ckpt in parts and the CSV metrics into OUT
 case "$stage" in
   speech_codec) corpus; fit configs/demo/speech_codec.yaml speech_codec; pack speech_codec ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
+  tokenize)
+    corpus; rm -rf data/demo/shards; tokenize
+    [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
-    if [ ! -f data/demo/shards/val/tokenize_report.json ]; then
-      corpus; rm -rf data/demo/shards; tokenize
-    fi
-    [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards
     fit configs/demo/lm.yaml lm; pack lm ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
