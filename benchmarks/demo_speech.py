@@ -31,20 +31,16 @@ from timing import write_json
 def heldout_clips(folder: Path, lines: list[dict], phonemes: list | None = None) -> list[Path]:
     """espeak-ng renderings of held-out lines (text and voice attributes), as 16 kHz wavs; their phoneme spans are
     appended to ``phonemes`` when given."""
-    from anygpt.demo.espeak import Espeak
-    from anygpt.demo.speech_corpus import SAMPLE_RATE, resample
+    from anygpt.demo.heldout import speak
 
-    espeak, paths = Espeak.shared(), []
     folder.mkdir(parents=True, exist_ok=True)
+    paths = []
     for i, line in enumerate(lines):
-        a = line["attributes"]
-        spoken = espeak.say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
-        audio = resample(spoken.audio, spoken.sample_rate)
-        path = folder / f"{i:04d}.wav"
-        soundfile.write(path, 0.7 * audio / max(1e-6, float(np.abs(audio).max())), SAMPLE_RATE)
-        paths.append(path)
+        audio, spans = speak(line)
+        paths.append(folder / f"{i:04d}.wav")
+        soundfile.write(paths[-1], audio, 16000)
         if phonemes is not None:
-            phonemes.append([(p.lstrip("'").lstrip(","), start, end) for p, start, end in spoken.phonemes])
+            phonemes.append(spans)
     return paths
 
 

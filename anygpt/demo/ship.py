@@ -71,19 +71,14 @@ def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
     README's examples); rebuilt exactly from ``heldout.jsonl`` by espeak-ng."""
     import soundfile
 
-    from anygpt.demo.espeak import Espeak
-    from anygpt.demo.heldout import read
-    from anygpt.demo.speech_corpus import SAMPLE_RATE, resample
+    from anygpt.demo.heldout import read, speak
+    from anygpt.demo.speech_corpus import SAMPLE_RATE
 
     folder.mkdir(parents=True, exist_ok=True)
-    espeak, paths = Espeak(), []
+    paths = []
     for i, line in enumerate(read(modality="speech")[:count]):
-        a = line["attributes"]
-        spoken = espeak.say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
-        audio = resample(spoken.audio, spoken.sample_rate)
-        path = folder / f"heldout_{i}.wav"
-        soundfile.write(path, 0.7 * audio / max(1e-6, float(abs(audio).max())), SAMPLE_RATE, subtype="PCM_16")
-        paths.append(path)
+        paths.append(folder / f"heldout_{i}.wav")
+        soundfile.write(paths[-1], speak(line)[0], SAMPLE_RATE, subtype="PCM_16")
     return paths
 
 
