@@ -125,11 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="?", default="runs/demo")
     parser.add_argument("out", nargs="?", default=str(Path(__file__).with_name("weights")))
     parser.add_argument("--clips", type=int, default=4, help="held-out clips to write (0: none)")
+    parser.add_argument("--parts", nargs="+", choices=["speech_codec", "soundstorm", "lm"],
+                        default=["speech_codec", "soundstorm", "lm"], help="what to ship (default: all)")
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = {"speech_codec": ship_speech_codec, "soundstorm": ship_soundstorm, "lm": ship_lm}
-    for name, ship in parts.items():
+    for name, ship in ((name, parts[name]) for name in args.parts):
         ckpt = runs / name / "last.ckpt"
         if ckpt.is_file():
             print(f"{name}: {ship(ckpt, out)}")

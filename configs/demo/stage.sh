@@ -7,8 +7,9 @@
 #   tokenize      corpus; its RVQ-1 token shards by the codec, data/demo/shards/{train,val}
 #                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~18 items/s a core)
 #   lm            the text tokenizer (runs/demo/tokenizer); train the LM on the shards (configs/demo/lm.yaml)
-# Each stage needs the files of the stages before it: runs/demo/speech_codec/last.ckpt for soundstorm and tokenize,
-# data/demo/shards for lm.
+# Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
+# speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
+# (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
 # With OUT, the stage's last.ckpt is also copied there in 15 MiB parts (<name>.ckpt.part-aa, -ab, ...: join them with
 # cat), with its metrics and the corpus summary; tokenize writes shards.tar (unpack it in the repository root).
 # DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 20000) sets
