@@ -20,6 +20,7 @@ from anygpt import AnyGPTError
 from anygpt.data.pairs import collate_labelled, read_examples
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState, shuffled_epochs
 
+MARKERS = ("<-Ins->", "<-Res->")  # AnyInstruct's data markers: tokens in a message, unlike typed tags
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "
           "speech, images and audio.")
 
@@ -52,8 +53,14 @@ def conversation_example(tokenizer: Any, record: dict, eos_id: int, answer_start
                          system: str = SYSTEM) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside the assistant answers) of one conversation, ``</s>`` last."""
     pairs = conversation_turns(record)
-    text = system + "\n" + "\n".join(f"[Human]: {u}<eoh>\n[MMGPT]: {a}<eos>" for u, a in pairs)
-    ids = tokenizer.encode(text, bos=True) + [tokenizer.eos_id]
+    text, plain = system, []
+    for user, answer in pairs:  # messages are plain text around their media spans and markers
+        for part, is_message in (("\n[Human]: ", False), (user, True), ("<eoh>\n[MMGPT]: ", False), (answer, True),
+                                 ("<eos>", False)):
+            if is_message:
+                plain += tokenizer.outside_media(part, len(text), MARKERS)
+            text += part
+    ids = tokenizer.encode(text, bos=True, plain=plain) + [tokenizer.eos_id]
     labels, answering = [-100] * len(ids), False
     for i, token in enumerate(ids):
         if answering:

@@ -27,7 +27,14 @@ VOICE_COMMAND = "Please recognize the voice command and give reply and voice"
 _FIRST, _LAST = ("image", "music"), ("speech",)
 
 
-def user_message(text: str, spans: Sequence[tuple[str, str]]) -> str:
+class Message(str):
+    """A user turn's string; ``plain`` holds the character range of the user's own text in it, which the prompt
+    encodes as plain text (the media strings around it stay spans)."""
+
+    plain: tuple[tuple[int, int], ...] = ()
+
+
+def user_message(text: str, spans: Sequence[tuple[str, str]]) -> Message:
     """The user turn as the original builds it from its text and ``(modality, token string)`` attachments.
 
     Images, then music, then other modalities, then speech, each string followed by one space, then the text; with
@@ -37,10 +44,25 @@ def user_message(text: str, spans: Sequence[tuple[str, str]]) -> str:
         return _FIRST.index(modality) if modality in _FIRST else 3 if modality in _LAST else 2
 
     ordered = sorted(spans, key=lambda item: rank(item[0]))  # stable: the given order within a modality
-    message = "".join(string + " " for _, string in ordered) + text
+    prefix = "".join(string + " " for _, string in ordered)
+    message = prefix + text
     if any(modality == "speech" for modality, _ in spans):
         message = f"{message} {VOICE_COMMAND}"
-    return message.strip()
+    lead = len(message) - len(message.lstrip())
+    out = Message(message.strip())
+    start = min(max(0, len(prefix) - lead), len(out))
+    out.plain = ((start, min(len(out), max(start, len(prefix) + len(text) - lead))),)
+    return out
+
+
+def _message(tokenizer, value: str) -> Message:
+    """A message or reply as prompt text: a ``Message`` keeps its own plain range; other strings (history given as
+    data) are plain all but their complete media spans."""
+    if isinstance(value, Message):
+        return value
+    out = Message(value)
+    out.plain = tuple(tokenizer.outside_media(value))
+    return out
 
 
 def chat_prompt_text(history: Sequence[tuple[str, str]], message: str, system: str = SYSTEM) -> str:
@@ -54,16 +76,20 @@ def chat_prompt_ids(tokenizer, history: Sequence[tuple[str, str | Sequence[int]]
     """Prompt ids (``<s>`` first). A reply in ``history`` is text, or the ids the model generated for it.
 
     Segments meet only at added tokens, where the tokenizer splits anyway, so text-only histories give exactly
-    the ids of :func:`chat_prompt_text`.
+    the ids of :func:`chat_prompt_text`. What users wrote is plain text: a tag typed in a message or a text reply
+    stays text (only complete media spans in data-given history, and a ``Message``'s own attachments, are spans).
     """
     ids = tokenizer.encode(f"{system}\n", bos=True)
     for user, reply in history:
         if isinstance(reply, str):
-            ids += tokenizer.encode(f"[Human]: {user}<eoh>\n[MMGPT]: {reply}<eos>\n", bos=False)
+            ids += tokenizer.encode_template("[Human]: {user}<eoh>\n[MMGPT]: {reply}<eos>\n", bos=False,
+                                             user=_message(tokenizer, user), reply=_message(tokenizer, reply))
         else:
-            ids += tokenizer.encode(f"[Human]: {user}<eoh>\n[MMGPT]:", bos=False) + list(reply)
+            ids += tokenizer.encode_template("[Human]: {user}<eoh>\n[MMGPT]:", bos=False,
+                                             user=_message(tokenizer, user)) + list(reply)
             ids += tokenizer.encode("<eos>\n", bos=False)
-    return ids + tokenizer.encode(f"[Human]: {message}<eoh>\n[MMGPT]:", bos=False)
+    return ids + tokenizer.encode_template("[Human]: {user}<eoh>\n[MMGPT]:", bos=False,
+                                           user=_message(tokenizer, message))
 
 
 class ReplyGrammar:

@@ -2,7 +2,8 @@
 
 Modality content is ids (``<so..>`` codes ``<eo..>``), never strings: the text around a span is encoded on its own
 and the span ids are spliced in. Because ``TextTokenizer.encode`` splits at added tokens, this equals encoding the
-original's prompt string, e.g. ``[Human]: {I} <soim><👀12>...<eoim><eoh> [MMGPT]:``.
+original's prompt string, e.g. ``[Human]: {I} <soim><👀12>...<eoim><eoh> [MMGPT]:``. Instructions and texts are
+user text: a tag written in them stays text (the original would have turned it into the tag's id).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def base_prompt_ids(
     """
     _check_input(tokenizer, text, span_ids)
     if text is not None:
-        return tokenizer.encode(base_prompt_text(None, instruction, text=text))
-    head = tokenizer.encode(f"[Human]: {instruction} ")
+        return tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]:",
+                       instruction=instruction, text=text)
+    head = tokenizer.encode_template("[Human]: {instruction} ", instruction=instruction)
     return head + [int(i) for i in span_ids] + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
 
 
@@ -97,10 +99,11 @@ def pretrain_sequence_ids(
             raise AnyGPTError("the tokenizer has no <eos> token: pass eos_id or add the AnyGPT tokens")
     span = [int(i) for i in span_ids]
     if direction == "to_text":
-        ids = tokenizer.encode(f"[Human]: {instruction} ") + span
-        ids += tokenizer.encode(f"<eoh> [MMGPT]: {text}", bos=False)
+        ids = tokenizer.encode_template("[Human]: {instruction} ", instruction=instruction) + span
+        ids += tokenizer.encode_template("<eoh> [MMGPT]: {text}", bos=False, text=text)
     elif direction == "from_text":
-        ids = tokenizer.encode(f"[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ") + span
+        ids = tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ",
+                      instruction=instruction, text=text) + span
     else:
         raise AnyGPTError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     return ids + [eos_id] + ([tokenizer.eos_id] if add_eos_token else [])

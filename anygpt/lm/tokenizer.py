@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -217,12 +217,14 @@ class TextTokenizer:
             plain = sorted((t for t in table if t not in codes), key=len, reverse=True)
             plain_re = "|".join(map(re.escape, plain)) or "(?!)"
             code_re = f"<(?:{'|'.join(map(re.escape, prefixes))})[0-9]+>" if prefixes else "(?!)"
-            self._regex = (re.compile(f"(?P<code>{code_re})|(?P<plain>{plain_re})"), re.compile(plain_re), table)
+            self._regex = (re.compile(f"(?P<code>{code_re})|(?P<plain>{plain_re})"), re.compile(plain_re), table,
+                           re.compile(f"(?:{plain_re})(?:{code_re})+(?:{plain_re})"))
         return self._regex
 
-    def _split(self, text: str) -> list[str | int]:
-        """Text chunks and added-token ids, as 4.34.1's added-token trie splits (leftmost, then longest)."""
-        both, plain, table = self._patterns()
+    def _split(self, text: str, keep: Sequence[tuple[int, int]] = ()) -> list[str | int]:
+        """Text chunks and added-token ids, as 4.34.1's added-token trie splits (leftmost, then longest); a token
+        string that overlaps a ``keep`` range stays text."""
+        both, plain, table, _ = self._patterns()
         out: list[str | int] = []
         start = pos = 0
         while (m := both.search(text, pos)) is not None:
@@ -233,6 +235,9 @@ class TextTokenizer:
                 pos = m.start() + 1
                 continue
             token = max(candidates, key=len)
+            if any(a < m.start() + len(token) and m.start() < b for a, b in keep):
+                pos = m.start() + 1
+                continue
             if m.start() > start:
                 out.append(text[start:m.start()])
             out.append(table[token])
@@ -241,12 +246,54 @@ class TextTokenizer:
             out.append(text[start:])
         return out
 
-    def encode(self, text: str, bos: bool = True) -> list[int]:
-        """Ids of ``text`` (which may contain added-token strings), with ``<s>`` first when ``bos``."""
+    def encode(self, text: str, bos: bool = True, plain: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Ids of ``text`` (which may contain added-token strings), with ``<s>`` first when ``bos``.
+
+        Args:
+            text: The text.
+            bos: Start with ``<s>``.
+            plain: Character ranges of ``text`` that came from a user (``encode_template``, ``outside_media``): an
+                added-token string there is encoded as text, never as its control id. Text without such strings
+                gets the same ids either way.
+        """
         ids = [self.bos_id] if bos else []
-        for part in self._split(text):
+        for part in self._split(text, plain):
             ids.extend([part] if isinstance(part, int) else self._sp.encode(part))
         return ids
+
+    def encode_template(self, template: str, bos: bool = True, **fields: str) -> list[int]:
+        """Ids of ``template`` with its ``{name}`` fields filled by user text, which stays text even where it spells
+        a tag (see ``encode``'s ``plain``); a value with a ``plain`` attribute (ranges within itself) is plain text
+        only there. Without tags in the values, the ids equal ``encode(template.format(**fields))``."""
+        import string
+
+        out, plain, pos = [], [], 0
+        for literal, name, _, _ in string.Formatter().parse(template):
+            out.append(literal)
+            pos += len(literal)
+            if name is not None:
+                value = fields[name]
+                ranges = getattr(value, "plain", None)
+                plain += [(pos, pos + len(value))] if ranges is None else [(pos + a, pos + b) for a, b in ranges]
+                out.append(str(value))
+                pos += len(value)
+        return self.encode("".join(out), bos=bos, plain=plain)
+
+    def outside_media(self, text: str, offset: int = 0, markers: Sequence[str] = ()) -> list[tuple[int, int]]:
+        """Ranges of ``text`` (shifted by ``offset``) outside its complete media spans (a start tag, codes, an end
+        tag: ``<sosp><🗣️12>...<eosp>``) and outside the data ``markers`` (AnyInstruct's ``<-Ins->``): the parts of a
+        data message to encode as plain text."""
+        spans = self._patterns()[3]
+        if markers:
+            spans = re.compile("|".join([spans.pattern, *map(re.escape, markers)]))
+        ranges, start = [], 0
+        for m in spans.finditer(text):
+            if m.start() > start:
+                ranges.append((offset + start, offset + m.start()))
+            start = m.end()
+        if start < len(text):
+            ranges.append((offset + start, offset + len(text)))
+        return ranges
 
     def _run_to_string(self, pieces: list[str]) -> str:
         """Legacy ``LlamaTokenizer.convert_tokens_to_string`` of 4.34.1."""

@@ -29,8 +29,8 @@ def read_audio(
         A float32 tensor ``[C, L]`` in [-1, 1] and the file's sample rate.
 
     Raises:
-        AnyGPTError: Missing file, not an audio file, no samples, or a window that starts past the end; one line
-            naming the source.
+        AnyGPTError: Missing file, not an audio file, no samples, non-finite samples, or a window that starts past
+            the end; one line naming the source.
     """
     import soundfile as sf
 
@@ -70,6 +70,8 @@ def read_audio(
         raise AnyGPTError(f"cannot read audio from {name}: {one_line(err)}") from err
     if data.shape[0] == 0:
         raise AnyGPTError(f"audio file {name} holds no samples")
+    if not np.isfinite(data).all():
+        raise AnyGPTError(f"audio file {name} holds non-finite samples (NaN or infinity)")
     return torch.from_numpy(np.ascontiguousarray(data.T)), rate
 
 
@@ -94,7 +96,7 @@ def as_waveform(
         duration_seconds: Length of the window in seconds; None keeps the rest.
 
     Raises:
-        AnyGPTError: Unreadable file, bad shape, empty waveform or empty window.
+        AnyGPTError: Unreadable file, bad shape, empty or non-finite waveform, or empty window.
     """
     if not isinstance(item, (tuple, list)):
         return read_audio(item, offset_seconds, duration_seconds)
@@ -114,6 +116,8 @@ def as_waveform(
         raise AnyGPTError(f"waveform must be [L] or [channels, L], got shape {list(wav.shape)}")
     if wav.shape[0] == 0 or wav.shape[1] == 0:
         raise AnyGPTError(f"waveform is empty (shape {list(wav.shape)})")
+    if not torch.isfinite(wav).all():
+        raise AnyGPTError("waveform holds non-finite samples (NaN or infinity)")
     rate = int(rate)
     if offset_seconds < 0 or (duration_seconds is not None and duration_seconds <= 0):
         raise AnyGPTError(f"bad audio window: offset {offset_seconds} s, duration {duration_seconds} s")

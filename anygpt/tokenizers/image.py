@@ -335,6 +335,8 @@ def _open_source(source: Any, name: str) -> Any:
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # float images (TIFF) can hold NaN
+        raise AnyGPTError(f"the image {name} holds non-finite pixels (NaN or infinity)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "palette images with transparency ...": dropped, as PIL

@@ -139,3 +139,32 @@ def test_as_waveform_rejects_bad_items(item):
 def test_as_waveform_window_past_the_end():
     with pytest.raises(AnyGPTError):
         as_waveform((torch.zeros(100), 100), offset_seconds=2.0)
+
+
+def test_non_finite_audio_is_refused_in_one_line(tmp_path):
+    import numpy as np
+    import soundfile
+
+    from anygpt import AnyGPTError
+    from anygpt.tokenizers.audio import as_waveform
+
+    wave = np.zeros(1600, dtype=np.float32)
+    wave[100] = np.nan
+    soundfile.write(tmp_path / "nan.wav", wave, 16000, subtype="FLOAT")
+    with pytest.raises(AnyGPTError, match="nan.wav holds non-finite samples"):
+        as_waveform(str(tmp_path / "nan.wav"))
+    with pytest.raises(AnyGPTError, match="waveform holds non-finite samples"):
+        as_waveform((np.full(800, np.inf, dtype=np.float32), 16000))
+
+
+def test_non_finite_float_image_is_refused(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from anygpt import AnyGPTError
+    from anygpt.tokenizers.image import _to_rgb
+
+    pixels = np.zeros((8, 8), dtype=np.float32)
+    pixels[2, 3] = np.nan
+    with pytest.raises(AnyGPTError, match="holds non-finite pixels"):
+        _to_rgb(Image.fromarray(pixels, mode="F"), "x.tif")
