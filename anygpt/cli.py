@@ -161,6 +161,9 @@ def main(args: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
+    from anygpt.quiet import quiet_third_party
+
+    quiet_third_party()
     # Codecs are frozen in eval mode on purpose; Lightning would warn about them at every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:

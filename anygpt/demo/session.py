@@ -38,6 +38,9 @@ class DemoSession:
         import yaml
 
         from anygpt.cli import AnyGPTCLI
+        from anygpt.quiet import quiet_third_party
+
+        quiet_third_party()
 
         try:
             settings = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
