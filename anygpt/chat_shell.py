@@ -109,14 +109,10 @@ class ChatShell:
 
 def run_chat(args: list[str]) -> None:
     """Build the model from a predict YAML (``--config ...`` and overrides) and start the shell."""
-    from anygpt.cli import _cli_class
+    from anygpt.cli_classes import predict_model_cli_class
     from anygpt.writers import MediaWriter
 
-    class ChatCLI(_cli_class()):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--return_predictions", default=None, help="(a predict option; unused here)")
-
-    cli = ChatCLI(args=args, run=False)
+    cli = predict_model_cli_class()(args=args, run=False)
     model = cli.model.to(cli.trainer.strategy.root_device).eval()
     writers = [c for c in cli.trainer.callbacks if isinstance(c, MediaWriter)]
     output_dir = str(writers[0].output_dir) if writers else "outputs/chat"

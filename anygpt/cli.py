@@ -9,10 +9,11 @@ at once.
 
 from __future__ import annotations
 
-import functools
 import sys
 import warnings
 from pathlib import Path
+
+from anygpt.cli_classes import model_cli_class, tokenize_cli_class
 
 USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat} --config CONFIG.yaml [--section.key VALUE ...]
        anygpt export --ckpt_path CKPT --output_dir DIR [--max_shard_size 5GB] [--dtype bfloat16]
@@ -42,90 +43,6 @@ Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
 """
 
 
-@functools.cache
-def _cli_class(any_model: bool = False):
-    """The CLI over ``UnifiedLM`` (a config's ``model:`` holds its arguments), or with ``any_model`` over any
-    LightningModule that the config names (``model: {class_path, init_args}``: the codec trainers)."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-    from anygpt import AnyGPTError
-    from anygpt.lm.unified import UnifiedLM
-
-    class RunConfigCallback(SaveConfigCallback):
-        """Saves the run's config into the logger's versioned run folder; without a logger there is no such
-        folder (Lightning would write ``config.yaml`` into the working directory), so nothing is written."""
-
-        def setup(self, trainer, pl_module, stage: str) -> None:
-            if trainer.logger is not None:
-                super().setup(trainer, pl_module, stage)
-
-    class AnyGPTCLI(LightningCLI):
-        """LightningCLI over ``UnifiedLM`` and any LightningDataModule (requests or training data)."""
-
-        def __init__(self, args=None, **kwargs):
-            super().__init__(
-                LightningModule if any_model else UnifiedLM,
-                LightningDataModule,
-                subclass_mode_model=any_model,
-                subclass_mode_data=True,
-                auto_configure_optimizers=False,
-                save_config_callback=RunConfigCallback,
-                save_config_kwargs={"overwrite": True},
-                args=args,
-                **kwargs,
-            )
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            ckpt = self.config_init[subcommand].get("ckpt_path")
-            if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
-                raise AnyGPTError(f"--ckpt_path {ckpt}: no such checkpoint file or folder")
-            if ckpt and Path(ckpt).is_dir():
-                from anygpt.lm.checkpoints import check_sharded_folder
-
-                check_sharded_folder(Path(ckpt))
-            super()._run_subcommand(subcommand)
-
-    return AnyGPTCLI
-
-
-@functools.cache
-def _tokenize_cli_class():
-    from lightning.pytorch.cli import LightningCLI
-
-    from anygpt.data.corpus import CorpusDataModule, CorpusTokenizer, ShardWriterCallback
-
-    class TokenizeCLI(LightningCLI):
-        """``anygpt tokenize``: a corpus manifest to token shards with ``trainer.predict``.
-
-        The shard writer is configured under ``writer`` (``--writer.format jsonl``); its folder is
-        ``data.output_dir``. No subcommand: the arguments are those of the run itself.
-        """
-
-        def __init__(self, args=None, run: bool = True, **kwargs):
-            kwargs.setdefault("trainer_defaults", {"logger": False, "use_distributed_sampler": False,
-                                                   "enable_checkpointing": False})
-            super().__init__(
-                CorpusTokenizer,
-                CorpusDataModule,
-                save_config_callback=None,
-                seed_everything_default=False,
-                auto_configure_optimizers=False,
-                parser_kwargs={"prog": "anygpt tokenize", "description": "Encode a corpus into token shards."},
-                run=False,
-                args=args,
-                **kwargs,
-            )
-            if run:
-                self.trainer.predict(self.model, datamodule=self.datamodule, return_predictions=False)
-
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(ShardWriterCallback, "writer")
-            parser.link_arguments("data.output_dir", "writer.output_dir")
-
-    return TokenizeCLI
-
-
 def names_other_model(argv: list[str]) -> bool:
     """Whether the ``--config`` files of a command name a model class (``model: {class_path: ...}``) other than
     ``UnifiedLM``; the last config that names one decides."""
@@ -147,11 +64,11 @@ def names_other_model(argv: list[str]) -> bool:
 
 def __getattr__(name: str):
     if name == "AnyGPTCLI":  # built on first access, so importing this module stays light
-        return _cli_class()
+        return model_cli_class()
     if name == "AnyModelCLI":  # configs that name their model class (codec and decoder trainers)
-        return _cli_class(True)
+        return model_cli_class(True)
     if name == "TokenizeCLI":
-        return _tokenize_cli_class()
+        return tokenize_cli_class()
     raise AttributeError(name)
 
 
@@ -171,7 +88,7 @@ def main(args: list[str] | None = None) -> None:
             # The subcommand is ours, not LightningCLI's; its batches are whole (no batch sampler to track).
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
             warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
-            _tokenize_cli_class()(args=argv[1:])
+            tokenize_cli_class()(args=argv[1:])
         elif argv[0] == "chat":
             from anygpt.chat_shell import run_chat
 
@@ -182,7 +99,7 @@ def main(args: list[str] | None = None) -> None:
 
             export_main(argv[1:])
         else:
-            _cli_class(names_other_model(argv))(args=args)
+            model_cli_class(names_other_model(argv))(args=args)
     except Exception as err:
         cause = _user_error(err)
         if cause is None:

@@ -15,7 +15,6 @@ from typing import Sequence
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.messages import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "demo.yaml"
@@ -33,31 +32,18 @@ class DemoSession:
 
     def __init__(self, config: str | Path = CONFIG, overrides: Sequence[str] = (), batch_size: int = 8):
         import os
-        import tempfile
 
-        import yaml
-
-        from anygpt.cli import AnyGPTCLI
+        from anygpt.cli_classes import predict_model_cli_class
         from anygpt.quiet import quiet_third_party
 
         quiet_third_party()
-
-        try:
-            settings = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise AnyGPTError(f"cannot read the config {config}: {one_line(err)}") from None
-        for key in ("return_predictions", "ckpt_path"):  # predict-only keys: no subcommand runs here
-            settings.pop(key, None)
         here = os.getcwd()
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
-            yaml.safe_dump(settings, file)
         os.chdir(ROOT)  # the config names files relative to the repository root
         try:
-            cli = AnyGPTCLI(args=["--config", file.name, "--trainer.logger", "false",
-                                  "--trainer.callbacks", "[]", *overrides], run=False)
+            cli = predict_model_cli_class()(args=["--config", str(config), "--trainer.logger", "false",
+                                                  "--trainer.callbacks", "[]", *overrides], run=False)
         finally:
             os.chdir(here)
-            os.unlink(file.name)
         self.model = cli.model.eval()
         self.batch_size = batch_size
 
