@@ -55,7 +55,7 @@ class Rule:
 
 
 def setup_vocab():
-    from anygpt.lm.vocab import VocabLayout
+    from anygpt.tokenizers.vocab import VocabLayout
 
     layout = VocabLayout(32000)
     rules = {"image": Rule("image", 8192, 32), "speech": Rule("speech", 1024), "music": Rule("music", 8192, layers=4)}

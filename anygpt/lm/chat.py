@@ -18,7 +18,7 @@ import torch
 
 from anygpt import AnyGPTError
 from anygpt.lm.generation import GenerationPreset, span_ranges
-from anygpt.lm.vocab import TokenRange
+from anygpt.tokenizers.vocab import TokenRange
 from anygpt.tokenizers.base import check_span, complete_length
 
 SYSTEM = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, including text, "

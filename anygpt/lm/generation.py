@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.vocab import TokenRange
+from anygpt.tokenizers.vocab import TokenRange
 from anygpt.tokenizers.base import span_can_end
 
 

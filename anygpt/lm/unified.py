@@ -21,7 +21,7 @@ from anygpt.lm.fitting import FitHooks, token_cross_entropy
 from anygpt.lm.lora import LoraSpec, add_lora
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
-from anygpt.lm.vocab import SPECIALS, VocabLayout
+from anygpt.tokenizers.vocab import SPECIALS, VocabLayout
 from anygpt.tokenizers.base import check_span, complete_length, decode_options, encode_voice_prompt
 
 

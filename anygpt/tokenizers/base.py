@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from lightning.pytorch import LightningModule
 
-from anygpt.lm.vocab import TokenRange, VocabLayout
+from anygpt.tokenizers.vocab import TokenRange, VocabLayout
 
 
 @runtime_checkable

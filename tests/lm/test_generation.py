@@ -15,7 +15,7 @@ from anygpt.lm.generation import (
     build_presets,
     generate,
 )
-from anygpt.lm.vocab import TokenRange
+from anygpt.tokenizers.vocab import TokenRange
 
 
 class FourSlotCodec:

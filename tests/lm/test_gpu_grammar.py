@@ -8,7 +8,7 @@ import torch
 from anygpt.lm.chat import ReplyGrammar
 from anygpt.lm.generation import GenerationPreset, SpanGrammar, _grammar_mask
 from anygpt.lm.gpu_grammar import GrammarTensors
-from anygpt.lm.vocab import VocabLayout
+from anygpt.tokenizers.vocab import VocabLayout
 from anygpt.tokenizers.music import EncodecMusicCodec
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from anygpt import AnyGPTError
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, base_prompt_text, pretrain_sequence_ids
-from anygpt.lm.vocab import VocabLayout
+from anygpt.tokenizers.vocab import VocabLayout
 from tests.lm.test_tokenizer import _Codec, cases, released
 
 CODECS = [_Codec("image", "👀", "<soim>", "<eoim>", 8192), _Codec("speech", "🗣️", "<sosp>", "<eosp>", 1024),

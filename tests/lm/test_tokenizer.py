@@ -10,7 +10,7 @@ import pytest
 
 from anygpt import AnyGPTError
 from anygpt.lm.tokenizer import TextTokenizer, _train_tiny
-from anygpt.lm.vocab import VocabLayout
+from anygpt.tokenizers.vocab import VocabLayout
 from tests.conftest import FIXTURES, fixture_path
 
 ANYGPT = ["[Human]", "[MMGPT]", "<eoh>", "<eos>"] + [f"<👀{i}>" for i in range(64)] + ["<soim>", "<eoim>"]

@@ -13,7 +13,7 @@ from anygpt import AnyGPTError
 from anygpt.data.requests import parse_line
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.lm.unified import UnifiedLM
-from anygpt.lm.vocab import SPECIALS, VocabLayout
+from anygpt.tokenizers.vocab import SPECIALS, VocabLayout
 from anygpt.tokenizers.music import EncodecMusicCodec
 from tests.toy_codec import ToyCodec
 

@@ -12,7 +12,7 @@ import torchaudio.functional as AF
 from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
 from anygpt import AnyGPTError
-from anygpt.lm.vocab import VocabLayout
+from anygpt.tokenizers.vocab import VocabLayout
 from anygpt.tokenizers.base import ModalityCodec
 from anygpt.tokenizers.music import REAL_CONFIG, EncodecMusicCodec, flatten_codes, unflatten_codes
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.vocab import VocabLayout
+from anygpt.tokenizers.vocab import VocabLayout
 
 MODALITIES = [("image", "👀", 8192, "<soim>", "<eoim>"), ("speech", "🗣️", 1024, "<sosp>", "<eosp>"),
               ("music", "🎶", 8192, "<somu>", "<eomu>")]
@@ -94,3 +94,19 @@ def test_from_tokenizer_rejects_a_non_contiguous_table():
         VocabLayout.from_tokenizer(missing, codecs)
     with pytest.raises(AnyGPTError):
         VocabLayout.from_tokenizer({"hello": 5}, codecs)
+
+
+def test_the_old_path_still_imports_the_same_types():
+    import importlib
+    import sys
+    import warnings
+
+    import anygpt.tokenizers.vocab as vocab
+
+    sys.modules.pop("anygpt.lm.vocab", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("anygpt.lm.vocab")
+    assert old.VocabLayout is vocab.VocabLayout and old.TokenRange is vocab.TokenRange
+    assert any(issubclass(w.category, DeprecationWarning) and "anygpt.tokenizers.vocab" in str(w.message)
+               for w in caught)
