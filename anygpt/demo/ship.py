@@ -2,7 +2,8 @@
 
     python -m anygpt.demo.ship runs/demo anygpt/demo/weights
 
-Writes ``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``),
+Takes each run's ``best.ckpt`` (lowest validation loss) where there is one, else its ``last.ckpt``. Writes
+``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``),
 ``soundstorm.safetensors`` (``SoundStormDecoder.from_pretrained``; its constructor arguments in the file's metadata)
 and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the shipped held-out
 clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
@@ -100,7 +101,8 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
              f"Shipped from commit `{commit or 'unknown'}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
     for name, config in (("speech_codec", "configs/demo/speech_codec.yaml"), ("soundstorm", "configs/demo/soundstorm.yaml"),
                          ("lm", "configs/demo/lm.yaml")):
-        ckpt = runs / name / "last.ckpt"
+        ckpt = runs / name / "best.ckpt"
+        ckpt = ckpt if ckpt.is_file() else runs / name / "last.ckpt"
         lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
     lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, soundstorm, tokenize, lm (repeat a "
               "training stage to train it further), then `python -m anygpt.demo.ship`; see README, Demo world.", ""]
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = {"speech_codec": ship_speech_codec, "soundstorm": ship_soundstorm, "lm": ship_lm}
     for name, ship in ((name, parts[name]) for name in args.parts):
-        ckpt = runs / name / "last.ckpt"
+        ckpt = runs / name / "best.ckpt"  # the lowest validation loss, where the config keeps one
+        ckpt = ckpt if ckpt.is_file() else runs / name / "last.ckpt"
         if ckpt.is_file():
             print(f"{name}: {ship(ckpt, out)}")
         else:
