@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from anygpt import AnyGPTError
 from anygpt.decoders.conformer import ChanLayerNorm, SoundStormNetwork
-from anygpt.decoders.cuda_graphs import GraphCache
+from anygpt.cuda_graphs import GraphCache
 
 CHECKPOINT = "fnlp/AnyGPT-speech-modules/soundstorm/speechtokenizer_soundstorm_mls.pt"
 TOP_K_THRESHOLD = 0.7  # the original's topk_pres: sampling keeps the ceil((1 - 0.7) * C) largest logits

@@ -16,7 +16,9 @@ from anygpt import AnyGPTError
 from anygpt.data.chat import Conversation
 from anygpt.data.requests import Request
 from anygpt.lm.chat_session import answer
-from anygpt.lm.generation import GenerationPreset, SpanGrammar, build_presets, generate
+from anygpt.decoding.grammar import SpanGrammar
+from anygpt.decoding.loop import generate
+from anygpt.decoding.presets import GenerationPreset, build_presets
 from anygpt.lm.fitting import FitHooks, token_cross_entropy
 from anygpt.lm.lora import LoraSpec, add_lora
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
@@ -127,7 +129,7 @@ class UnifiedLM(FitHooks, LightningModule):
         self.compile_training, self._loss_fn = compile, token_cross_entropy
         self.quantized = quantize
         if quantize:
-            from anygpt.lm.quantize import quantize_backbone
+            from anygpt.decoding.quantize import quantize_backbone
 
             quantize_backbone(self.backbone, quantize)
         if self.lora:

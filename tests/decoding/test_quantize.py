@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.fast_decode import StaticLlama, left_padded
+from anygpt.decoding.fast import StaticLlama, left_padded
 
 pytest.importorskip("torchao", reason="quantization needs torchao (pip install 'anygpt[quant]')")
 
-from anygpt.lm.quantize import is_quantized, quantize_backbone  # noqa: E402
+from anygpt.decoding.quantize import is_quantized, quantize_backbone  # noqa: E402
 
 from .test_fast_decode import llama, tiny_setup  # noqa: E402
 
@@ -44,8 +44,8 @@ def test_quantized_teacher_forcing_equals_the_quantized_transformers_model(rows)
 
 
 def test_quantized_fast_generate_equals_the_python_loop():
-    from anygpt.lm.fast_decode import fast_generate, release
-    from anygpt.lm.generation import generate
+    from anygpt.decoding.fast import fast_generate, release
+    from anygpt.decoding.loop import generate
 
     model, _, rows = tiny_setup(layers=2, seed=3)
     quantize_backbone(model, "int8")

@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.generation import (
-    DEFAULT_PRESETS,
-    GenerationPreset,
-    SpanGrammar,
-    _filter_logits,
-    _grammar_mask,
-    build_presets,
-    generate,
-)
+from anygpt.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.decoding.loop import _filter_logits, generate
+from anygpt.decoding.presets import DEFAULT_PRESETS, GenerationPreset, build_presets
 from anygpt.tokenizers.vocab import TokenRange
 
 

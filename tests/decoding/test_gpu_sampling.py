@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anygpt.lm.generation import GenerationPreset, _filter_logits
-from anygpt.lm.gpu_sampling import filter_logits, filter_width, hash_uniform, penalize_repeats, sample, sampling_tensors
+from anygpt.decoding.loop import _filter_logits
+from anygpt.decoding.presets import GenerationPreset
+from anygpt.decoding.gpu_sampling import filter_logits, filter_width, hash_uniform, penalize_repeats, sample, sampling_tensors
 
 PRESETS = [
     GenerationPreset(temperature=t, top_k=k, top_p=p, do_sample=s)

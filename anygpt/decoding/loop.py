@@ -1,0 +1,124 @@
+"""The plain decode loop: the HF backbone with its KV cache on left-padded prompts, each row with its own preset
+(temperature, top-k, top-p, repetition penalty, budget), ``torch.Generator`` (a request's output depends on its
+seed, not on its neighbours in the batch), grammar and stop tokens. On a GPU, LLaMA backbones go to the fast path
+(``anygpt.decoding.fast``); this loop stays the reference.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from anygpt.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.decoding.presets import GenerationPreset
+
+
+def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequence[GenerationPreset]) -> torch.Tensor:
+    """Repetition penalty, temperature, top-k and top-p, per row (transformers' order and semantics)."""
+    dev = logits.device
+    penalty = torch.tensor([p.repetition_penalty for p in presets], device=dev, dtype=logits.dtype)[:, None]
+    if (penalty != 1).any():
+        seen = logits.gather(1, history)
+        seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+        logits = logits.scatter(1, history, seen)
+    temperature = torch.tensor([p.temperature if p.do_sample else 1.0 for p in presets], device=dev)[:, None]
+    logits = logits / temperature.to(logits.dtype)
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else logits.shape[1] for p in presets], device=dev)
+    top_k = top_k.clamp(max=logits.shape[1])
+    ordered = logits.sort(dim=1, descending=True).values
+    kth = ordered.gather(1, (top_k - 1)[:, None])
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = torch.tensor([p.top_p for p in presets], device=dev)[:, None]
+    if (top_p < 1).any():
+        ordered, order = logits.sort(dim=1, descending=True)
+        probs = ordered.softmax(dim=1)
+        drop = ((probs.cumsum(dim=1) - probs) >= top_p) & (top_p < 1)  # rows with top_p 1 keep every token
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.inference_mode()
+def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
+             grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
+             fast: bool | None = None) -> list[list[int]]:
+    """Generate for a batch of prompts, each row with its own preset, grammar and seed.
+
+    On CUDA a LLaMA backbone with span grammars runs ``anygpt.decoding.fast.fast_generate`` (static cache, CUDA
+    graphs, sampling on the GPU from counter-based random numbers); elsewhere, and for other grammars, this loop.
+
+    Args:
+        model: A HF causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
+        prompts: Token ids of each prompt (BOS included).
+        presets: Preset of each row: its token budget, and its sampling unless the row's grammar has a
+            ``preset`` of its own at that step (chat replies switch presets between text and media spans).
+        grammars: Grammar of each row (updated in place).
+        seeds: Seed of each row's random generator.
+        pad_id: Id used for left padding and for rows that have finished.
+        fast: Force the fast path on (any device) or off; None: on where it applies on CUDA.
+
+    Returns:
+        The generated ids of each row, stop or end token included when one was generated.
+    """
+    device = next(model.parameters()).device
+    if fast or (fast is None and device.type == "cuda"):
+        out = _fast(model, prompts, presets, grammars, seeds, pad_id)
+        if out is not None:
+            return out
+    batch = len(prompts)
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.as_tensor(p)
+        mask[i, width - len(p):] = 1
+    # Padding positions repeat the row's first token, so the repetition penalty ignores them.
+    first = input_ids[torch.arange(batch), width - torch.tensor([len(p) for p in prompts])]
+    history = torch.where(mask.bool(), input_ids, first[:, None])
+    input_ids, mask, history = input_ids.to(device), mask.to(device), history.to(device)
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    budgets = [p.max_new_tokens for p in presets]
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    position = (mask.cumsum(1) - 1).clamp(min=0)
+    step_ids, cache = input_ids, None
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    for step in range(max(budgets)):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True, **{cache_arg: cache})
+        cache = getattr(out, cache_arg)
+        logits = out.logits[:, -1, :].float()
+        allowed = _grammar_mask(grammars, logits.shape[1], device)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        current = [getattr(g, "preset", None) or p for g, p in zip(grammars, presets)]
+        logits = _filter_logits(logits, history, current)
+        next_ids = torch.empty(batch, dtype=torch.long, device=device)
+        for i, preset in enumerate(current):
+            if preset.do_sample:
+                next_ids[i] = torch.multinomial(logits[i].softmax(-1), 1, generator=generators[i])[0]
+            else:
+                next_ids[i] = logits[i].argmax()
+        live = [not g.finished and len(outputs[i]) < budgets[i] for i, g in enumerate(grammars)]
+        for i, token in enumerate(next_ids.tolist()):
+            if live[i]:
+                outputs[i].append(token)
+                grammars[i].step(token)
+        if all(g.finished or len(outputs[i]) >= budgets[i] for i, g in enumerate(grammars)):
+            break
+        live_t = torch.tensor(live, device=device)
+        step_ids = torch.where(live_t, next_ids, torch.full_like(next_ids, pad_id))[:, None]
+        history = torch.cat([history, torch.where(live_t, next_ids, history[:, 0])[:, None]], dim=1)
+        mask = torch.cat([mask, live_t.long()[:, None]], dim=1)
+        position = position[:, -1:] + 1
+    return outputs
+
+
+def _fast(model, prompts, presets, grammars, seeds, pad_id) -> list[list[int]] | None:
+    if getattr(model.config, "model_type", None) != "llama" or not all(isinstance(g, SpanGrammar) for g in grammars):
+        return None
+    if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
+        return None
+    from anygpt.decoding.fast import fast_generate
+
+    return fast_generate(model, prompts, presets, grammars, seeds, pad_id=pad_id)
