@@ -4,8 +4,8 @@ The model is a LLaMA-2-7B shape with random bf16 weights and a 53k vocabulary. R
 run of the same shape (CUDA graphs captured, caches warm):
 
 - reference: ``model.generate`` with the original's speech sampling (top-k 50, repetition penalty 1.05), batch 1;
-- ours, python loop: ``anygpt.decoding.loop.generate`` (dynamic cache, host-side grammar and sampling), batch 1;
-- ours, fast: ``anygpt.decoding.fast.fast_generate`` (static cache, CUDA graphs, grammar and sampling on the
+- ours, python loop: ``anygpt.lm.decoding.loop.generate`` (dynamic cache, host-side grammar and sampling), batch 1;
+- ours, fast: ``anygpt.lm.decoding.fast.fast_generate`` (static cache, CUDA graphs, grammar and sampling on the
   GPU) at batch 1, 8, 16, 32 and 64, rows with mixed targets and presets (speech, music, text);
 - a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path, and the spoken
   reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights);
@@ -68,8 +68,8 @@ def setup_vocab():
 
 def job(layout, rules, target: str, tokens: int, stop_ids):
     """Preset and grammar of a row that must generate exactly ``tokens`` tokens."""
-    from anygpt.decoding.grammar import SpanGrammar
-    from anygpt.decoding.presets import DEFAULT_PRESETS, GenerationPreset
+    from anygpt.lm.decoding.grammar import SpanGrammar
+    from anygpt.lm.decoding.presets import DEFAULT_PRESETS, GenerationPreset
 
     base = DEFAULT_PRESETS[target].__dict__ | {"max_new_tokens": tokens, "min_new_tokens": tokens}
     preset = GenerationPreset(**base)
@@ -109,7 +109,7 @@ def profile_step(loop, steps: int = 20) -> None:
 
 def weight_bytes(model) -> int:
     """Bytes of the model's parameters, counting the int8 data and scales inside quantized ones."""
-    from anygpt.decoding.quantize import is_quantized
+    from anygpt.lm.decoding.quantize import is_quantized
 
     def size(t):
         if is_quantized(t):
@@ -121,8 +121,8 @@ def weight_bytes(model) -> int:
 
 def int8_rows(model, results, fast_rows, batches) -> None:
     """The same fast rows after int8 weight-only quantization (torchao), and the weights' memory before and after."""
-    from anygpt.decoding.fast import release
-    from anygpt.decoding.quantize import quantize_backbone
+    from anygpt.lm.decoding.fast import release
+    from anygpt.lm.decoding.quantize import quantize_backbone
 
     release()
     before = weight_bytes(model) / 2**30
@@ -147,9 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from anygpt.decoding import fast as fast_decode
-    from anygpt.decoding.fast import StaticLlama, fast_generate
-    from anygpt.decoding.loop import generate
+    from anygpt.lm.decoding import fast as fast_decode
+    from anygpt.lm.decoding.fast import StaticLlama, fast_generate
+    from anygpt.lm.decoding.loop import generate
 
     dev, quick = args.device, args.quick
     if quick:
@@ -250,9 +250,9 @@ def main() -> None:
             static.step(one, one, 300, valid1)
         seconds, _ = timed(lambda: [static.step(one, one, 300, valid1) for _ in range(50)], dev)
         results["network_step_ms_batch1"] = seconds / 50 * 1000
-        from anygpt.decoding.fast import _Loop
-        from anygpt.decoding.gpu_grammar import GrammarTensors
-        from anygpt.decoding.gpu_sampling import filter_width, sampling_tensors
+        from anygpt.lm.decoding.fast import _Loop
+        from anygpt.lm.decoding.gpu_grammar import GrammarTensors
+        from anygpt.lm.decoding.gpu_sampling import filter_width, sampling_tensors
 
         preset, grammar = job(layout, rules, "speech", n, stops)
         table = GrammarTensors.from_grammars([grammar], VOCAB, dev)

@@ -168,8 +168,8 @@ def test_fast_decode_on_gpu_matches_the_python_loop_greedy_and_is_seeded():
 
     import sys
 
-    from anygpt.decoding.fast import fast_generate
-    from anygpt.decoding.loop import generate
+    from anygpt.lm.decoding.fast import fast_generate
+    from anygpt.lm.decoding.loop import generate
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from generate_speed import job, setup_vocab
@@ -203,8 +203,8 @@ def test_fast_decode_at_batch_1_on_gpu_matches_the_python_loop(int8):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from anygpt.decoding.fast import fast_generate, release
-    from anygpt.decoding.loop import generate
+    from anygpt.lm.decoding.fast import fast_generate, release
+    from anygpt.lm.decoding.loop import generate
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from generate_speed import job, setup_vocab
@@ -215,7 +215,7 @@ def test_fast_decode_at_batch_1_on_gpu_matches_the_python_loop(int8):
                                          max_position_embeddings=1024)).cuda().eval()
     if int8:
         pytest.importorskip("torchao")
-        from anygpt.decoding.quantize import quantize_backbone
+        from anygpt.lm.decoding.quantize import quantize_backbone
 
         quantize_backbone(model, "int8")
     layout, rules = setup_vocab()

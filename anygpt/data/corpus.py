@@ -173,7 +173,7 @@ class CorpusTokenizer(LightningModule):
 
     def __init__(self, codec: Any):
         super().__init__()
-        from anygpt.lm.unified import instantiate
+        from anygpt.tokenizers.base import instantiate
 
         self.codec = instantiate(codec)
         for name in ("modality", "token_prefix", "start_tag", "end_tag", "vocab_size", "encode"):

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.decoding.grammar import span_ranges
-from anygpt.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.grammar import span_ranges
+from anygpt.lm.decoding.presets import GenerationPreset
 from anygpt.tokenizers.vocab import TokenRange
 from anygpt.tokenizers.base import check_span, complete_length
 

@@ -14,7 +14,7 @@ from typing import Any
 from anygpt import AnyGPTError
 from anygpt.data.chat import ChatTurn, Conversation
 from anygpt.lm.chat import ReplyGrammar, chat_prompt_ids, parse_reply, user_message
-from anygpt.decoding.loop import generate
+from anygpt.lm.decoding.loop import generate
 from anygpt.messages import one_line
 from anygpt.tokenizers.base import decode_options, encode_voice_prompt
 

@@ -1,11 +1,11 @@
-"""Deprecated path: moved to ``anygpt.decoding.gpu_grammar``. Importing it still works and warns once."""
+"""Deprecated path: moved to ``anygpt.lm.decoding.gpu_grammar``. Importing it still works and warns once."""
 
 from __future__ import annotations
 
 import warnings
 
-from anygpt.decoding.gpu_grammar import GrammarTensors
+from anygpt.lm.decoding.gpu_grammar import GrammarTensors
 
 __all__ = ["GrammarTensors"]
 
-warnings.warn("anygpt.lm.gpu_grammar has moved to anygpt.decoding.gpu_grammar; import it from there", DeprecationWarning, stacklevel=2)
+warnings.warn("anygpt.lm.gpu_grammar has moved to anygpt.lm.decoding.gpu_grammar; import it from there", DeprecationWarning, stacklevel=2)

@@ -23,7 +23,7 @@ from torch import nn
 
 from anygpt import AnyGPTError
 from anygpt.messages import one_line
-from anygpt.decoding.quantize import is_quantized
+from anygpt.lm.decoding.quantize import is_quantized
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import random
 from typing import Any, Literal
@@ -16,15 +15,15 @@ from anygpt import AnyGPTError
 from anygpt.data.chat import Conversation
 from anygpt.data.requests import Request
 from anygpt.lm.chat_session import answer
-from anygpt.decoding.grammar import SpanGrammar
-from anygpt.decoding.loop import generate
-from anygpt.decoding.presets import GenerationPreset, build_presets
+from anygpt.lm.decoding.grammar import SpanGrammar
+from anygpt.lm.decoding.loop import generate
+from anygpt.lm.decoding.presets import GenerationPreset, build_presets
 from anygpt.lm.fitting import FitHooks, token_cross_entropy
 from anygpt.lm.lora import LoraSpec, add_lora
 from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.tokenizers.vocab import SPECIALS, VocabLayout
-from anygpt.tokenizers.base import check_span, complete_length, decode_options, encode_voice_prompt
+from anygpt.tokenizers.base import check_span, complete_length, decode_options, encode_voice_prompt, instantiate
 
 
 class UnifiedLM(FitHooks, LightningModule):
@@ -129,7 +128,7 @@ class UnifiedLM(FitHooks, LightningModule):
         self.compile_training, self._loss_fn = compile, token_cross_entropy
         self.quantized = quantize
         if quantize:
-            from anygpt.decoding.quantize import quantize_backbone
+            from anygpt.lm.decoding.quantize import quantize_backbone
 
             quantize_backbone(self.backbone, quantize)
         if self.lora:
@@ -368,19 +367,6 @@ class UnifiedLM(FitHooks, LightningModule):
         ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id)
         task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
         return ids[:max_length], task
-
-
-def instantiate(spec: Any) -> Any:
-    """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), else as is.
-
-    Building it here lets the codec's own error (missing weights, say) reach the user unchanged.
-    """
-    if hasattr(spec, "as_dict"):
-        spec = spec.as_dict()
-    if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
-    return spec
 
 
 def _cli_hparams() -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Protocol, runtime_checkable
 
@@ -152,3 +153,16 @@ def _check_grammar(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
                 f"{codec.modality} code {code} at position {position} is outside its allowed range [{low}, {high})"
             )
     return codes
+
+
+def instantiate(spec: Any) -> Any:
+    """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), else as is.
+
+    Building it here lets the codec's own error (missing weights, say) reach the user unchanged.
+    """
+    if hasattr(spec, "as_dict"):
+        spec = spec.as_dict()
+    if isinstance(spec, dict) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
+    return spec

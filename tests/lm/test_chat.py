@@ -11,7 +11,7 @@ import pytest
 
 from anygpt.lm.chat import (SYSTEM, VOICE_COMMAND, ReplyGrammar, chat_prompt_ids, chat_prompt_text, parse_reply,
                             user_message)
-from anygpt.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.presets import GenerationPreset
 from anygpt.tokenizers.vocab import VocabLayout
 from tests.lm.test_prompts import CODECS, span_ids
 from tests.lm.test_tokenizer import cases, released

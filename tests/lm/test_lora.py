@@ -129,7 +129,7 @@ def test_merged_backbone_gives_the_adapted_logits(fitted):
 
 def test_qlora_trains_adapters_on_frozen_int8_weights(tmp_path, monkeypatch):
     pytest.importorskip("torchao")
-    from anygpt.decoding.quantize import is_quantized
+    from anygpt.lm.decoding.quantize import is_quantized
 
     monkeypatch.chdir(ROOT)
     cli, before = _fit(tmp_path, "--model.quantize", "int8", "--trainer.max_steps", "2",

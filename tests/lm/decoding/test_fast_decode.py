@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from anygpt.decoding.fast import BUCKET, StaticLlama, left_padded
+from anygpt.lm.decoding.fast import BUCKET, StaticLlama, left_padded
 
 
 def llama(kv_heads: int) -> LlamaForCausalLM:
@@ -49,7 +49,7 @@ def test_teacher_forced_logits_equal_the_transformers_model(kv_heads, rows):
 def tiny_setup(layers: int, seed: int):
     """A tiny LLaMA over AnyGPT's 49418-token layout, the layout with span rules, the stop ids, and ``rows``:
     presets and grammars for ``[(target, budget)]`` (no minimum length; greedy unless ``sample``)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
     from generate_speed import job, setup_vocab
 
     torch.manual_seed(seed)
@@ -68,8 +68,8 @@ def tiny_setup(layers: int, seed: int):
 
 
 def test_fast_generate_greedy_equals_the_python_loop_with_grammars():
-    from anygpt.decoding.fast import fast_generate
-    from anygpt.decoding.loop import generate
+    from anygpt.lm.decoding.fast import fast_generate
+    from anygpt.lm.decoding.loop import generate
 
     model, layout, rows = tiny_setup(layers=2, seed=0)
     prompts = [[1, 5, 9, 33], [1, 8], [1, 40, 41, 42, 43, 44], [1, 7, 7]]
@@ -82,8 +82,8 @@ def test_fast_generate_greedy_equals_the_python_loop_with_grammars():
 
 
 def test_kept_loops_give_the_results_of_fresh_ones():
-    from anygpt.decoding import fast as fast_decode
-    from anygpt.decoding.fast import fast_generate, release
+    from anygpt.lm.decoding import fast as fast_decode
+    from anygpt.lm.decoding.fast import fast_generate, release
 
     model, layout, rows = tiny_setup(layers=1, seed=1)
 
@@ -107,7 +107,7 @@ def test_kept_loops_give_the_results_of_fresh_ones():
 
 
 def test_release_gives_fused_weights_their_own_storage_back(tmp_path):
-    from anygpt.decoding.fast import fast_generate, release
+    from anygpt.lm.decoding.fast import fast_generate, release
 
     model, layout, rows = tiny_setup(layers=1, seed=2)
     attn = model.model.layers[0].self_attn
@@ -127,8 +127,8 @@ def test_release_gives_fused_weights_their_own_storage_back(tmp_path):
 def test_compiled_pieces_give_the_plain_results(monkeypatch):
     """The CUDA path's compiled pieces (whole decode layer over dynamic cache buckets, the sampling step), run by
     inductor on the CPU, sample exactly what the plain functions sample."""
-    from anygpt.decoding import kernels as decode_kernels
-    from anygpt.decoding.fast import fast_generate, release
+    from anygpt.lm.decoding import kernels as decode_kernels
+    from anygpt.lm.decoding.fast import fast_generate, release
 
     model, _, rows = tiny_setup(layers=2, seed=0)
     spec, prompt = [("music", 300)], [[1, 5, 9, 33]]  # crosses a cache bucket

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.decoding.fast import StaticLlama, left_padded
+from anygpt.lm.decoding.fast import StaticLlama, left_padded
 
 pytest.importorskip("torchao", reason="quantization needs torchao (pip install 'anygpt[quant]')")
 
-from anygpt.decoding.quantize import is_quantized, quantize_backbone  # noqa: E402
+from anygpt.lm.decoding.quantize import is_quantized, quantize_backbone  # noqa: E402
 
 from .test_fast_decode import llama, tiny_setup  # noqa: E402
 
@@ -44,8 +44,8 @@ def test_quantized_teacher_forcing_equals_the_quantized_transformers_model(rows)
 
 
 def test_quantized_fast_generate_equals_the_python_loop():
-    from anygpt.decoding.fast import fast_generate, release
-    from anygpt.decoding.loop import generate
+    from anygpt.lm.decoding.fast import fast_generate, release
+    from anygpt.lm.decoding.loop import generate
 
     model, _, rows = tiny_setup(layers=2, seed=3)
     quantize_backbone(model, "int8")
@@ -75,7 +75,7 @@ def test_tiny_predict_with_int8_weights(tmp_path, monkeypatch):
 
     from anygpt.cli import main
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     monkeypatch.chdir(tmp_path)
     main(["predict", "--config", str(root / "configs" / "tiny.yaml"), "--model.quantize", "int8",
           "--data.init_args.requests", json.dumps(["text|music|A calm piano piece", "text|image|A red kite"])])

@@ -10,12 +10,12 @@ import warnings
 import pytest
 
 MOVED = {
-    "anygpt.lm.generation": ("anygpt.decoding.loop", "generate"),
-    "anygpt.lm.fast_decode": ("anygpt.decoding.fast", "fast_generate"),
-    "anygpt.lm.decode_kernels": ("anygpt.decoding.kernels", "kernels"),
-    "anygpt.lm.gpu_grammar": ("anygpt.decoding.gpu_grammar", "GrammarTensors"),
-    "anygpt.lm.gpu_sampling": ("anygpt.decoding.gpu_sampling", "sample"),
-    "anygpt.lm.quantize": ("anygpt.decoding.quantize", "quantize_backbone"),
+    "anygpt.lm.generation": ("anygpt.lm.decoding.loop", "generate"),
+    "anygpt.lm.fast_decode": ("anygpt.lm.decoding.fast", "fast_generate"),
+    "anygpt.lm.decode_kernels": ("anygpt.lm.decoding.kernels", "kernels"),
+    "anygpt.lm.gpu_grammar": ("anygpt.lm.decoding.gpu_grammar", "GrammarTensors"),
+    "anygpt.lm.gpu_sampling": ("anygpt.lm.decoding.gpu_sampling", "sample"),
+    "anygpt.lm.quantize": ("anygpt.lm.decoding.quantize", "quantize_backbone"),
     "anygpt.decoders.cuda_graphs": ("anygpt.cuda_graphs", "GraphCache"),
 }
 
@@ -28,12 +28,12 @@ def test_old_path_imports_the_same_objects_and_warns(old):
         warnings.simplefilter("always")
         module = importlib.import_module(old)
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
-    home = "anygpt.decoding" if old == "anygpt.lm.generation" else new  # generation split into three modules
+    home = "anygpt.lm.decoding" if old == "anygpt.lm.generation" else new  # generation split into three modules
     assert any(issubclass(w.category, DeprecationWarning) and home in str(w.message) for w in caught)
 
 
 def test_presets_keep_their_public_home_in_generation():
-    import anygpt.decoding.presets as presets
+    import anygpt.lm.decoding.presets as presets
     from anygpt.lm.generation import DEFAULT_PRESETS, GenerationPreset, SpanGrammar, build_presets, span_ranges
 
     assert DEFAULT_PRESETS is presets.DEFAULT_PRESETS and GenerationPreset is presets.GenerationPreset

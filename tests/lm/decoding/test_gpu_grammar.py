@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from anygpt.lm.chat import ReplyGrammar
-from anygpt.decoding.grammar import SpanGrammar, _grammar_mask
-from anygpt.decoding.presets import GenerationPreset
-from anygpt.decoding.gpu_grammar import GrammarTensors
+from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.lm.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.gpu_grammar import GrammarTensors
 from anygpt.tokenizers.vocab import VocabLayout
 from anygpt.tokenizers.music import EncodecMusicCodec
 

@@ -4,7 +4,7 @@
 a preallocated KV cache. A decode step reads the cache up to a bucket of 256 slots, so a step's cost follows the
 sequence length, and on CUDA the whole step of each (batch, bucket) shape is replayed from a CUDA graph captured
 once: no per-kernel launch overhead, no recompilation per request length.
-:func:`fast_generate` is ``anygpt.decoding.loop.generate`` on top of it: per-row presets, seeds and grammars, with
+:func:`fast_generate` is ``anygpt.lm.decoding.loop.generate`` on top of it: per-row presets, seeds and grammars, with
 the repetition penalty, filtering, sampling (counter-based random numbers: a row's draws depend on its seed and
 step only) and the span grammar all as tensor operations, so the host waits on the GPU only every
 ``sync_every`` tokens to see whether every row has finished.
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anygpt.cuda_graphs import GraphCache, capture
-from anygpt.decoding import kernels
-from anygpt.decoding.quantize import is_quantized, storage_key
+from anygpt.lm.decoding import kernels
+from anygpt.lm.decoding.quantize import is_quantized, storage_key
 
 BUCKET = 256
 WHOLE_LAYERS = True  # decode steps through one compiled function per layer (False: the per-op path, for comparison)
@@ -324,12 +324,12 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
                   sync_every: int = 8, graphs: bool = True) -> list[list[int]] | None:
     """``generate`` through :class:`StaticLlama`; None when the grammars cannot run as tensors (use ``generate``).
 
-    Arguments and result as ``anygpt.decoding.loop.generate``. The KV cache and the CUDA graphs of the last batch
+    Arguments and result as ``anygpt.lm.decoding.loop.generate``. The KV cache and the CUDA graphs of the last batch
     size are kept for the next call (``release()`` frees them), so graphs are captured once per process and cache
     bucket, not per request.
     """
-    from anygpt.decoding.gpu_grammar import GrammarTensors
-    from anygpt.decoding.gpu_sampling import filter_width, sampling_tensors
+    from anygpt.lm.decoding.gpu_grammar import GrammarTensors
+    from anygpt.lm.decoding.gpu_sampling import filter_width, sampling_tensors
 
     device = next(model.parameters()).device
     vocab = model.config.vocab_size

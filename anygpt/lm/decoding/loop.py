@@ -1,7 +1,7 @@
 """The plain decode loop: the HF backbone with its KV cache on left-padded prompts, each row with its own preset
 (temperature, top-k, top-p, repetition penalty, budget), ``torch.Generator`` (a request's output depends on its
 seed, not on its neighbours in the batch), grammar and stop tokens. On a GPU, LLaMA backbones go to the fast path
-(``anygpt.decoding.fast``); this loop stays the reference.
+(``anygpt.lm.decoding.fast``); this loop stays the reference.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from anygpt.decoding.grammar import SpanGrammar, _grammar_mask
-from anygpt.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.lm.decoding.presets import GenerationPreset
 
 
 def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequence[GenerationPreset]) -> torch.Tensor:
@@ -46,7 +46,7 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
              fast: bool | None = None) -> list[list[int]]:
     """Generate for a batch of prompts, each row with its own preset, grammar and seed.
 
-    On CUDA a LLaMA backbone with span grammars runs ``anygpt.decoding.fast.fast_generate`` (static cache, CUDA
+    On CUDA a LLaMA backbone with span grammars runs ``anygpt.lm.decoding.fast.fast_generate`` (static cache, CUDA
     graphs, sampling on the GPU from counter-based random numbers); elsewhere, and for other grammars, this loop.
 
     Args:
@@ -119,6 +119,6 @@ def _fast(model, prompts, presets, grammars, seeds, pad_id) -> list[list[int]] |
         return None
     if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
         return None
-    from anygpt.decoding.fast import fast_generate
+    from anygpt.lm.decoding.fast import fast_generate
 
     return fast_generate(model, prompts, presets, grammars, seeds, pad_id=pad_id)

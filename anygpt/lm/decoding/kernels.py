@@ -1,6 +1,6 @@
 """The compute pieces of a fast decode step, compiled once per process on CUDA (plain functions elsewhere).
 
-``kernels(device)`` hands :class:`anygpt.decoding.fast.StaticLlama` its pieces: RMSNorm (with the residual sum),
+``kernels(device)`` hands :class:`anygpt.lm.decoding.fast.StaticLlama` its pieces: RMSNorm (with the residual sum),
 RoPE on the fused q/k/v projection, the SiLU gate, the whole decoder layer for one new token per row at batch 1,
 the LM head, and ``_choose`` (grammar mask, repetition penalty, filters, sampling and the loop's state update).
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anygpt.decoding.gpu_sampling import filter_logits, penalize_repeats, sample
+from anygpt.lm.decoding.gpu_sampling import filter_logits, penalize_repeats, sample
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -82,7 +82,7 @@ def _head(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _choose(loop: Any, logits: Tensor) -> None:
-    """``anygpt.decoding.fast._Loop.choose`` (``loop``): grammar mask, repetition penalty, filters, sampling, then the state update, as one
+    """``anygpt.lm.decoding.fast._Loop.choose`` (``loop``): grammar mask, repetition penalty, filters, sampling, then the state update, as one
     function of the loop's tensors (compiled whole on CUDA: ~200 small kernels become a few)."""
     p = loop.params
     logits = logits.masked_fill(~loop.table.mask(), float("-inf"))

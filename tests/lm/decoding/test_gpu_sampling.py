@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anygpt.decoding.loop import _filter_logits
-from anygpt.decoding.presets import GenerationPreset
-from anygpt.decoding.gpu_sampling import filter_logits, filter_width, hash_uniform, penalize_repeats, sample, sampling_tensors
+from anygpt.lm.decoding.loop import _filter_logits
+from anygpt.lm.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.gpu_sampling import filter_logits, filter_width, hash_uniform, penalize_repeats, sample, sampling_tensors
 
 PRESETS = [
     GenerationPreset(temperature=t, top_k=k, top_p=p, do_sample=s)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from anygpt.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.presets import GenerationPreset
 
 _M32 = 0xFFFFFFFF
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from anygpt.decoding.grammar import SpanGrammar
+from anygpt.lm.decoding.grammar import SpanGrammar
 from anygpt.tokenizers.base import span_can_end
 
 TEXT, LEAD, SPAN, DONE = 0, 1, 2, 3

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.decoding.grammar import SpanGrammar, _grammar_mask
-from anygpt.decoding.loop import _filter_logits, generate
-from anygpt.decoding.presets import DEFAULT_PRESETS, GenerationPreset, build_presets
+from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.lm.decoding.loop import _filter_logits, generate
+from anygpt.lm.decoding.presets import DEFAULT_PRESETS, GenerationPreset, build_presets
 from anygpt.tokenizers.vocab import TokenRange
 
 
