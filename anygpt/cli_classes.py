@@ -93,6 +93,7 @@ def tokenize_cli_class():
     return TokenizeCLI
 
 
+@functools.cache
 def predict_model_cli_class():
     """The model CLI for building a model from a predict config without running it (``run=False``): it also
     accepts predict-only keys such as ``return_predictions``, which it ignores."""

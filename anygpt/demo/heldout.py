@@ -27,18 +27,11 @@ def speech_lines(seed: int, train: int, val: int, test: int) -> list[dict]:
 
 
 def speak(line: dict):
-    """A line's text in its voice (``attributes``: voice, rate, pitch, range) by espeak-ng: 16 kHz float32 samples
-    peaking at 0.7, and the phoneme spans ``[(phoneme, start_s, end_s), ...]`` (stress marks dropped)."""
-    import numpy as np
+    """A held-out line's text in its voice (``attributes``: voice, rate, pitch, range), as
+    ``anygpt.demo.speech_corpus.speak`` renders it: 16 kHz samples and phoneme spans."""
+    from anygpt.demo.speech_corpus import speak as speak_record
 
-    from anygpt.demo.espeak import Espeak
-    from anygpt.demo.speech_corpus import resample
-
-    a = line["attributes"]
-    spoken = Espeak.shared().say(line["text"], a["voice"], rate=a["rate"], pitch=a["pitch"], pitch_range=a["range"])
-    audio = resample(spoken.audio, spoken.sample_rate)
-    audio = 0.7 * audio / max(1e-6, float(np.abs(audio).max()))
-    return audio, [(p.lstrip("'").lstrip(","), start, end) for p, start, end in spoken.phonemes]
+    return speak_record({"text": line["text"], **line["attributes"]})
 
 
 def read(path: str | Path = SHIPPED, modality: str | None = None) -> list[dict]:

@@ -83,6 +83,12 @@ def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
     return paths
 
 
+def run_checkpoint(runs: Path, name: str) -> Path:
+    """A run's ``best.ckpt`` (lowest validation loss, where its config keeps one), else its ``last.ckpt``."""
+    best = runs / name / "best.ckpt"
+    return best if best.is_file() else runs / name / "last.ckpt"
+
+
 def _training(ckpt: Path) -> str:
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     seconds = checkpoint.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
@@ -101,8 +107,7 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
              f"Shipped from commit `{commit or 'unknown'}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
     for name, config in (("speech_codec", "configs/demo/speech_codec.yaml"), ("soundstorm", "configs/demo/soundstorm.yaml"),
                          ("lm", "configs/demo/lm.yaml")):
-        ckpt = runs / name / "best.ckpt"
-        ckpt = ckpt if ckpt.is_file() else runs / name / "last.ckpt"
+        ckpt = run_checkpoint(runs, name)
         lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
     lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, soundstorm, tokenize, lm (repeat a "
               "training stage to train it further), then `python -m anygpt.demo.ship`; see README, Demo world.", ""]
@@ -134,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = {"speech_codec": ship_speech_codec, "soundstorm": ship_soundstorm, "lm": ship_lm}
     for name, ship in ((name, parts[name]) for name in args.parts):
-        ckpt = runs / name / "best.ckpt"  # the lowest validation loss, where the config keeps one
-        ckpt = ckpt if ckpt.is_file() else runs / name / "last.ckpt"
+        ckpt = run_checkpoint(runs, name)
         if ckpt.is_file():
             print(f"{name}: {ship(ckpt, out)}")
         else:

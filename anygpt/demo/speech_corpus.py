@@ -80,27 +80,33 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
     return (np.fft.irfft(spectrum, length) * (length / len(audio))).astype(np.float32)
 
 
+def speak(record: dict) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """A record's text in its voice (``voice``, ``rate``, ``pitch``, ``range``, optional ``seed``) by espeak-ng:
+    16 kHz float32 samples peaking at 0.7, and the phoneme spans ``(phoneme, start_s, end_s)`` without stress marks.
+    espeak-ng's output also depends on what this process spoke before (see the module's docstring)."""
+    from anygpt.demo.espeak import Espeak
+
+    spoken = Espeak.shared().say(record["text"], record["voice"], rate=record["rate"], pitch=record["pitch"],
+                                 pitch_range=record["range"], seed=record.get("seed", 0))
+    audio = resample(spoken.audio, spoken.sample_rate)
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    audio = audio * (0.7 / peak) if peak > 0 else audio
+    return audio, [(p.lstrip("'").lstrip(","), start, end) for p, start, end in spoken.phonemes]
+
+
 def _synthesize_block(job: tuple[str, list[dict]]) -> list[dict]:
     """Speak one block of records into ``folder`` (runs in a fresh worker process)."""
     import soundfile
 
-    from anygpt.demo.espeak import Espeak
-
     folder, records = job
-    espeak = Espeak.shared()
     done = []
     for record in records:
-        spoken = espeak.say(record["text"], record["voice"], rate=record["rate"], pitch=record["pitch"],
-                            pitch_range=record["range"], seed=record["seed"])
-        audio = resample(spoken.audio, spoken.sample_rate)
-        peak = float(np.abs(audio).max()) if len(audio) else 0.0
-        audio = audio * (0.7 / peak) if peak > 0 else audio
+        audio, phonemes = speak(record)
         path = Path(folder) / record["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-        phonemes = [[p.lstrip("'").lstrip(","), round(s, 3), round(e, 3)] for p, s, e in spoken.phonemes]
         done.append({**{k: v for k, v in record.items() if k != "seed"}, "seconds": round(len(audio) / SAMPLE_RATE, 3),
-                     "phonemes": phonemes})
+                     "phonemes": [[p, round(start, 3), round(end, 3)] for p, start, end in phonemes]})
     return done
 
 

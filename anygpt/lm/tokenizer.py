@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -265,8 +266,6 @@ class TextTokenizer:
         """Ids of ``template`` with its ``{name}`` fields filled by user text, which stays text even where it spells
         a tag (see ``encode``'s ``plain``); a value with a ``plain`` attribute (ranges within itself) is plain text
         only there. Without tags in the values, the ids equal ``encode(template.format(**fields))``."""
-        import string
-
         out, plain, pos = [], [], 0
         for literal, name, _, _ in string.Formatter().parse(template):
             out.append(literal)

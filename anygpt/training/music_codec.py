@@ -24,12 +24,13 @@ from anygpt.tokenizers.music import EncodecMusicCodec
 from anygpt.training.audio_losses import (MultiScaleMelLoss, MultiScaleSTFTDiscriminator, discriminator_loss,
                                           feature_matching_loss, generator_loss, si_snr, time_l1)
 from anygpt.training.codebooks import CodebookUsage
+from anygpt.training.codec_mode import TrainsCodecNetwork
 from anygpt.training.rvq import StraightThroughRVQ
 
 WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0}
 
 
-class EncodecTrainer(LightningModule):
+class EncodecTrainer(TrainsCodecNetwork, LightningModule):
     """Trains the Encodec network of an ``EncodecMusicCodec``: from scratch (``codec: {source: null, config:
     {...}}``) or from released weights (``codec: {source: facebook/encodec_32khz}``).
 
@@ -70,11 +71,6 @@ class EncodecTrainer(LightningModule):
         self.usage = CodebookUsage(self.levels, self.codec.codebook_size)
         self.train()  # Lightning keeps each submodule's mode: the frozen codec's Encodec must train (cuDNN's LSTM)
 
-    def train(self, mode: bool = True) -> EncodecTrainer:
-        """Switch modes; the codec's Encodec follows (the inference wrapper itself stays frozen)."""
-        super().train(mode)
-        self.codec.model.train(mode)
-        return self
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction ``[B, L]``, codes ``[levels, B, T]`` and commitment loss of clips ``[B, L]``."""

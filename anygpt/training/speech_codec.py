@@ -26,12 +26,13 @@ from anygpt import AnyGPTError
 from anygpt.training import audio_losses as losses
 from anygpt.training.arguments import check_keys
 from anygpt.training.codebooks import CodebookUsage, configure_ema, ema_codebooks, reset_for_kmeans, restart_dead_codes
+from anygpt.training.codec_mode import TrainsCodecNetwork
 from anygpt.training.teachers import UNKNOWN, HubertTeacher, d_axis_loss, frame_labels, standardize_over_time
 
 __all__ = ["HubertTeacher", "SpeechTokenizerTrainer"]
 
 
-class SpeechTokenizerTrainer(LightningModule):
+class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
     """Trains a SpeechTokenizer (encoder, 8-level EMA RVQ, decoder) inside ``SpeechTokenizerCodec``.
 
     The fit checkpoint loads back into the inference class: ``SpeechTokenizerCodec(config=<the same config>,
@@ -119,11 +120,6 @@ class SpeechTokenizerTrainer(LightningModule):
         self.usage = CodebookUsage(self.codec.num_layers, self.codec.vocab_size)
         self.train()  # Lightning keeps each submodule's mode: the frozen codec's SpeechTokenizer must train
 
-    def train(self, mode: bool = True) -> SpeechTokenizerTrainer:
-        """Switch modes; the codec's SpeechTokenizer follows (the inference wrapper itself stays frozen)."""
-        super().train(mode)
-        self.codec.model.train(mode)
-        return self
 
     def _run(self, audio: torch.Tensor, training: bool, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encode, quantize and decode ``audio [B, L]`` as ``SpeechTokenizer.forward``; when training, dead codes are
