@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -319,7 +319,6 @@ def _loop_for(model, batch: int, need: int, graphs: bool, pad_id: int) -> _Loop:
     return loop
 
 
-@torch.inference_mode()
 def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, seeds: Sequence[int], pad_id: int = 0,
                   sync_every: int = 8, graphs: bool = True) -> list[list[int]] | None:
     """``generate`` through :class:`StaticLlama`; None when the grammars cannot run as tensors (use ``generate``).
@@ -328,14 +327,29 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     size are kept for the next call (``release()`` frees them), so graphs are captured once per process and cache
     bucket, not per request.
     """
+    steps = fast_generate_stream(model, prompts, presets, grammars, seeds, pad_id, sync_every, graphs, stream=False)
+    return None if steps is None else next(steps)
+
+
+def fast_generate_stream(model, prompts: Sequence[Sequence[int]], presets, grammars, seeds: Sequence[int],
+                         pad_id: int = 0, sync_every: int = 8, graphs: bool = True,
+                         stream: bool = True) -> Iterator[list[list[int]]] | None:
+    """``fast_generate`` as it goes: per row, the ids generated since the last yield, at every ``sync_every``-th
+    step (where the host looks at the state anyway); ``stream=False`` yields once, at the end. None when the
+    grammars cannot run as tensors."""
     from anygpt.lm.decoding.gpu_grammar import GrammarTensors
+
+    device = next(model.parameters()).device
+    table = GrammarTensors.from_grammars(list(grammars), model.config.vocab_size, device)
+    return None if table is None else _fast_steps(model, table, prompts, presets, seeds, pad_id, sync_every, graphs,
+                                                  stream)
+
+
+@torch.inference_mode()
+def _fast_steps(model, table, prompts, presets, seeds, pad_id, sync_every, graphs, stream) -> Iterator[list[list[int]]]:
     from anygpt.lm.decoding.gpu_sampling import filter_width, sampling_tensors
 
     device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    table = GrammarTensors.from_grammars(list(grammars), vocab, device)
-    if table is None:
-        return None
     batch, width = len(prompts), max(len(p) for p in prompts)
     budgets = torch.tensor([p.max_new_tokens for p in presets], device=device)
     most = int(budgets.max())
@@ -344,12 +358,24 @@ def fast_generate(model, prompts: Sequence[Sequence[int]], presets, grammars, se
     tokens, valid, positions = (t.to(device) for t in left_padded(prompts, static.length, pad_id))
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)
     loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width,
-              filter_width(presets, vocab))
+              filter_width(presets, model.config.vocab_size))
     loop.seen.scatter_reduce_(1, tokens, valid[:, :width].to(torch.uint8), reduce="amax")
     loop.choose(static.prefill(tokens, positions, loop.valid))
+    sent = [0] * batch
     for step in range(1, most):
-        if step % sync_every == 0 and not loop.running():
-            break
+        if step % sync_every == 0:
+            if not loop.running():
+                break
+            if stream:
+                sent = yield from _new_ids(loop, sent)
         loop.run_step(width + step - 1)
-    lengths = loop.count.tolist()
-    return [row[:n] for row, n in zip(loop.out.tolist(), lengths)]
+    yield from _new_ids(loop, sent)
+
+
+def _new_ids(loop: _Loop, sent: list[int]) -> Iterator[list[list[int]]]:
+    """Yield each row's ids past ``sent``; returns the new counts."""
+    counts = loop.count.tolist()
+    low, high = min(sent), max(counts)
+    rows = loop.out[:, low:high].tolist()
+    yield [row[n - low:c - low] for row, n, c in zip(rows, sent, counts)]
+    return counts

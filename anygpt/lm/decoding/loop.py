@@ -7,7 +7,7 @@ seed, not on its neighbours in the batch), grammar and stop tokens. On a GPU, LL
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -40,7 +40,6 @@ def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequenc
     return logits
 
 
-@torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
              grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
              fast: bool | None = None) -> list[list[int]]:
@@ -62,11 +61,30 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
     Returns:
         The generated ids of each row, stop or end token included when one was generated.
     """
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for new in generate_stream(model, prompts, presets, grammars, seeds, pad_id, fast, stream=False):
+        for row, ids in zip(outputs, new):
+            row.extend(ids)
+    return outputs
+
+
+def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
+                    grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
+                    fast: bool | None = None, stream: bool = True) -> Iterator[list[list[int]]]:
+    """``generate`` as it goes: yields, per row, the ids generated since the last yield (every step on the plain
+    loop, every 8 steps on the fast path); joined, they are exactly ``generate``'s result for the same arguments.
+    ``stream=False`` yields once, at the end."""
     device = next(model.parameters()).device
     if fast or (fast is None and device.type == "cuda"):
-        out = _fast(model, prompts, presets, grammars, seeds, pad_id)
-        if out is not None:
-            return out
+        steps = _fast(model, prompts, presets, grammars, seeds, pad_id, stream)
+        if steps is not None:
+            return steps
+    return _plain(model, prompts, presets, grammars, seeds, pad_id, stream)
+
+
+@torch.inference_mode()
+def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]]:
+    device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -81,6 +99,7 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     budgets = [p.max_new_tokens for p in presets]
     outputs: list[list[int]] = [[] for _ in range(batch)]
+    sent = [0] * batch
     position = (mask.cumsum(1) - 1).clamp(min=0)
     step_ids, cache = input_ids, None
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -106,19 +125,22 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
                 grammars[i].step(token)
         if all(g.finished or len(outputs[i]) >= budgets[i] for i, g in enumerate(grammars)):
             break
+        if stream:
+            yield [row[n:] for row, n in zip(outputs, sent)]
+            sent = [len(row) for row in outputs]
         live_t = torch.tensor(live, device=device)
         step_ids = torch.where(live_t, next_ids, torch.full_like(next_ids, pad_id))[:, None]
         history = torch.cat([history, torch.where(live_t, next_ids, history[:, 0])[:, None]], dim=1)
         mask = torch.cat([mask, live_t.long()[:, None]], dim=1)
         position = position[:, -1:] + 1
-    return outputs
+    yield [row[n:] for row, n in zip(outputs, sent)]
 
 
-def _fast(model, prompts, presets, grammars, seeds, pad_id) -> list[list[int]] | None:
+def _fast(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]] | None:
     if getattr(model.config, "model_type", None) != "llama" or not all(isinstance(g, SpanGrammar) for g in grammars):
         return None
     if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
         return None
-    from anygpt.lm.decoding.fast import fast_generate
+    from anygpt.lm.decoding.fast import fast_generate_stream
 
-    return fast_generate(model, prompts, presets, grammars, seeds, pad_id=pad_id)
+    return fast_generate_stream(model, prompts, presets, grammars, seeds, pad_id=pad_id, stream=stream)
