@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from anygpt import AnyGPTError
 from anygpt.data.chat import ChatTurn, Conversation
 from anygpt.lm.chat import ReplyGrammar, chat_prompt_ids, parse_reply, user_message
@@ -203,17 +205,22 @@ def _assistant_text(model, turn: ChatTurn, number: int) -> str:
     return " ".join(part for part in [turn.text, *spans] if part)
 
 
-def _finish(model, job: _Job, generated: list[int]) -> None:
+def _finish(model, job: _Job, generated: list[int], decoded: list[tuple[str, Any, Any]] = ()) -> None:
+    """Parse a generated reply into the response and the history; ``decoded`` holds ``(modality, codes, media)``
+    of spans already decoded while streaming, reused where the parsed span is the same."""
     state = job.state
     ranges = {m: model.layout.ranges[m] for m in model.codecs}
     parsed = parse_reply(generated, model.tokenizer, ranges, model.codecs, model.stop_ids)
     seed = _seed(state)
     media = []
-    for modality, codes in parsed.spans:
+    for i, (modality, codes) in enumerate(parsed.spans):
         codec = model.codecs[modality]
-        steps = model.presets.get(modality, model.presets["text"]).decoder_steps
-        options = decode_options(codec, seed, steps, state.voice)
-        item = {"modality": modality, "media": codec.decode([codes], **options)[0], "codes": len(codes)}
+        done = decoded[i] if i < len(decoded) else None
+        if done is not None and done[0] == modality and torch.equal(done[1], codes):
+            decoded_media = done[2]
+        else:
+            decoded_media = codec.decode([codes], **span_options(model, modality, seed, state.voice))[0]
+        item = {"modality": modality, "media": decoded_media, "codes": len(codes)}
         if hasattr(codec, "sample_rate"):
             item["sample_rate"] = codec.sample_rate
         media.append(item)
@@ -222,6 +229,12 @@ def _finish(model, job: _Job, generated: list[int]) -> None:
         "prompt_tokens": len(job.prompt), "generated_tokens": len(generated), "dropped_turns": job.dropped})
     state.history.append((job.message, parsed.ids))
     state.round += 1
+
+
+def span_options(model, modality: str, seed: int, voice: Any) -> dict:
+    """``decode`` options of one reply span: the reply's seed, the modality preset's decoder steps, the voice."""
+    steps = model.presets.get(modality, model.presets["text"]).decoder_steps
+    return decode_options(model.codecs[modality], seed, steps, voice)
 
 
 def _fail(state: _State, err: Exception, turn: int | None = None) -> None:

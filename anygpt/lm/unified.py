@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -217,7 +218,8 @@ class UnifiedLM(FitHooks, LightningModule):
                     _fail(response, request, err)
         return responses
 
-    def chat(self, conversation: Any, max_reply_tokens: int | None = None, drop_history: bool = True) -> dict:
+    def chat(self, conversation: Any, max_reply_tokens: int | None = None, drop_history: bool = True,
+             stream: bool = False) -> dict | Iterator[dict]:
         """Reply to the last user turn of a conversation (earlier unanswered user turns get replies first).
 
         Args:
@@ -225,6 +227,8 @@ class UnifiedLM(FitHooks, LightningModule):
                 conversation object ``{"turns", "seed", "voice_prompt", "id"}``, its JSON, or a ``Conversation``.
             max_reply_tokens: Token budget of the reply; None: the ``chat`` preset's.
             drop_history: Drop the oldest exchanges if the context would overflow (else raise).
+            stream: Return an iterator of events while the reply is generated (``anygpt.lm.chat_stream``: text
+                deltas, audio chunks of speech, finished media spans, then ``done`` with the reply).
 
         Returns:
             The reply: ``text``, ``media`` (``[{modality, media, codes, sample_rate?}]``, in order), ``truncated``.
@@ -238,6 +242,10 @@ class UnifiedLM(FitHooks, LightningModule):
             conversation = parse_conversation(conversation, 0, set(self.codecs))
         if conversation.seed is None:
             conversation.seed = self.seed
+        if stream:
+            from anygpt.lm.chat_stream import stream_chat
+
+            return stream_chat(self, conversation, max_reply_tokens=max_reply_tokens, drop_history=drop_history)
         response = answer(self, [conversation], max_reply_tokens=max_reply_tokens, drop_history=drop_history)[0]
         if response["status"] != "ok":
             raise AnyGPTError(response["error"])

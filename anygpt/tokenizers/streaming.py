@@ -1,0 +1,60 @@
+"""Decoding a speech span while it is still being generated.
+
+A codec whose ``decode`` turns ``T`` codes into ``hop * T`` samples (SpeechTokenizer with SoundStorm: 320 samples a
+code) can be decoded window by window: each chunk of new codes is decoded together with ``context`` codes before it
+(the second stage and the decoder's convolutions see what came before) and ``lookahead`` codes after it (the
+decoder's receptive field reaches a few frames ahead), and only the chunk's own samples are kept. Joined, the chunks
+approximate the whole-span decode; ``benchmarks/stream_speech.py`` measures how closely.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class ChunkedDecoder:
+    """Feeds the codes of a growing span and returns waveform chunks as soon as enough codes follow them.
+
+    Args:
+        codec: The span's codec (``decode([codes], **options)`` -> ``[waveform [C, hop * T]]``).
+        options: Keyword arguments of ``codec.decode`` (its seed, steps and voice prompt, for one span).
+        chunk: Codes per emitted chunk (25: half a second of speech at 50 codes/s).
+        context: Codes before a chunk that its window also decodes.
+        lookahead: Codes after a chunk that must exist before it is emitted (and that its window decodes).
+    """
+
+    def __init__(self, codec: Any, options: dict | None = None, chunk: int = 25, context: int = 50,
+                 lookahead: int = 4):
+        if chunk < 1 or context < 0 or lookahead < 0:
+            raise ValueError(f"chunk must be >= 1 and context, lookahead >= 0, got {chunk}, {context}, {lookahead}")
+        self.codec, self.options = codec, dict(options or {})
+        self.chunk, self.context, self.lookahead = chunk, context, lookahead
+        self.codes: list[int] = []
+        self.emitted = 0
+
+    def push(self, code: int) -> list[torch.Tensor]:
+        """Add one code; returns the chunks it completes (usually none, at most one)."""
+        self.codes.append(int(code))
+        out = []
+        while len(self.codes) - self.emitted >= self.chunk + self.lookahead:
+            out.append(self._window(self.emitted, self.emitted + self.chunk))
+            self.emitted += self.chunk
+        return out
+
+    def finish(self, length: int | None = None) -> torch.Tensor | None:
+        """The samples of the codes not emitted yet, up to ``length`` codes of the span (all by default); None
+        if there are none."""
+        end = len(self.codes) if length is None else min(length, len(self.codes))
+        if end <= self.emitted:
+            return None
+        wav = self._window(self.emitted, end)
+        self.emitted = end
+        return wav
+
+    def _window(self, start: int, end: int) -> torch.Tensor:
+        low, high = max(0, start - self.context), min(len(self.codes), end + self.lookahead)
+        wav = self.codec.decode([torch.tensor(self.codes[low:high], dtype=torch.long)], **self.options)[0]
+        hop = wav.shape[-1] // (high - low)
+        return wav[..., (start - low) * hop:(end - low) * hop]

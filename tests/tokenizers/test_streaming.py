@@ -1,0 +1,63 @@
+"""ChunkedDecoder: a growing span decoded window by window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anygpt.tokenizers.streaming import ChunkedDecoder
+
+
+class LocalCodec:
+    """Each code becomes ``hop`` samples of its value plus the window's first code (so a window's offset shows)."""
+
+    hop = 3
+
+    def __init__(self):
+        self.windows: list[list[int]] = []
+
+    def decode(self, codes, seeds=None):
+        ids = codes[0].tolist()
+        self.windows.append(ids)
+        return [torch.tensor(ids, dtype=torch.float32).repeat_interleave(self.hop)[None] * 10 + seeds[0]]
+
+
+def stream(decoder: ChunkedDecoder, codes: list[int]) -> list[torch.Tensor]:
+    out = [wav for code in codes for wav in decoder.push(code)]
+    rest = decoder.finish()
+    return out + ([] if rest is None else [rest])
+
+
+@pytest.mark.parametrize(("chunk", "context", "lookahead"), [(4, 0, 0), (5, 3, 2), (7, 100, 9)])
+def test_chunks_hold_exactly_their_own_samples(chunk, context, lookahead):
+    codes = list(range(1, 24))
+    codec = LocalCodec()
+    chunks = stream(ChunkedDecoder(codec, {"seeds": [7]}, chunk, context, lookahead), codes)
+    whole = torch.tensor(codes, dtype=torch.float32).repeat_interleave(3)[None] * 10 + 7
+    assert torch.equal(torch.cat(chunks, dim=-1), whole)
+    assert [c.shape[-1] for c in chunks[:-1]] == [3 * chunk] * (len(chunks) - 1)
+    for window in codec.windows[:-1]:  # each window: its context, its chunk, its lookahead
+        assert len(window) <= context + chunk + lookahead
+
+
+def test_a_chunk_waits_for_its_lookahead():
+    decoder = ChunkedDecoder(LocalCodec(), {"seeds": [0]}, chunk=4, context=2, lookahead=3)
+    assert [len(decoder.push(c)) for c in range(1, 8)] == [0, 0, 0, 0, 0, 0, 1]
+    assert decoder.finish(length=9) is not None and decoder.emitted == 7
+    assert decoder.finish() is None
+
+
+def test_speech_chunks_join_to_the_length_of_the_whole_decode():
+    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+
+    codec = SpeechTokenizerCodec.tiny()
+    codes = torch.randint(0, codec.vocab_size, (43,), generator=torch.Generator().manual_seed(0))
+    whole = codec.decode([codes], seeds=[3])[0]
+    chunks = stream(ChunkedDecoder(codec, {"seeds": [3]}, chunk=8, context=16, lookahead=4), codes.tolist())
+    assert [c.shape[-1] for c in chunks] == [8 * 320] * 4 + [11 * 320]  # the last 11 wait for the end
+    assert torch.cat(chunks, dim=-1).shape == whole.shape
+
+
+def test_bad_chunking_is_one_line():
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        ChunkedDecoder(LocalCodec(), chunk=0)
