@@ -7,6 +7,7 @@ model, its codecs and the output folder come from the same YAML as ``anygpt pred
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -91,20 +92,57 @@ class ChatShell:
             raise AnyGPTError(f"unknown command {command} (/help lists them)")
 
     def reply(self, text: str) -> None:
+        """Stream the reply: its text as it comes, each speech span written to its wav while it is generated
+        (rewritten with the whole-span decode at its end), then the saved files and notes."""
         media, self.pending = self.pending, []
-        answer = self.session.send(text, media, speak=self.speak)
-        self.say(f"MMGPT: {answer['text']}")
-        number = self.session.replies
-        for index, item in enumerate(answer["media"]):
-            self.writer.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.writer.write_media(f"reply{number:03d}_{index}_{item['modality']}", item["media"],
-                                           item.get("sample_rate"))
-            self.say(f"  [{item['modality']}: {path}]")
+        number = self.session.replies + 1
+        events = self.session.send(text, media, speak=self.speak, stream=True)
+        first = next(events)  # a message that cannot be answered fails here, before anything is printed
+        print("MMGPT: ", end="", file=self.stdout, flush=True)
+        saved, growing, answer = [], None, None
+        for event in itertools.chain([first], events):
+            kind = event["type"]
+            if kind == "text":
+                print(event["text"], end="", file=self.stdout, flush=True)
+            elif kind == "audio":
+                if growing is None:
+                    growing = self._open_wav(f"reply{number:03d}_{len(saved)}_speech", event["sample_rate"])
+                growing[1].write(event["audio"][0].clamp(-1, 1).numpy())
+                growing[1].flush()
+            elif kind == "done":
+                answer = event["reply"]
+            else:  # a finished media span
+                saved.append((kind, self._save(f"reply{number:03d}_{len(saved)}_{kind}", event, growing)))
+                growing = None
+        self.say("")
+        for kind, path in saved:
+            self.say(f"  [{kind}: {path}]")
         notes = [f"dropped {answer['dropped_turns']} oldest exchanges"] if answer["dropped_turns"] else []
         if answer["truncated"]:
             notes.append("cut at the reply budget")
         if notes:
             self.say(f"  ({'; '.join(notes)})")
+
+    def _open_wav(self, stem: str, sample_rate: int):
+        import soundfile
+
+        from anygpt.writers import create_unique
+
+        self.writer.output_dir.mkdir(parents=True, exist_ok=True)
+        path, handle = create_unique(self.writer.output_dir, stem, ".wav")
+        handle.close()
+        return path, soundfile.SoundFile(path, "w", samplerate=int(sample_rate), channels=1, subtype="PCM_16")
+
+    def _save(self, stem: str, event: dict, growing) -> Path:
+        if growing is None:
+            self.writer.output_dir.mkdir(parents=True, exist_ok=True)
+            return self.writer.write_media(stem, event["media"], event.get("sample_rate"))
+        import soundfile
+
+        path, wav = growing
+        wav.close()
+        soundfile.write(path, event["media"][0].clamp(-1, 1).numpy(), int(event["sample_rate"]), subtype="PCM_16")
+        return path
 
 
 def run_chat(args: list[str]) -> None:

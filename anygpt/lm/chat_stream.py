@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from anygpt import AnyGPTError
 from anygpt.data.chat import Conversation
-from anygpt.lm.chat_session import _finish, _next_job, _seed, _State, span_options
+from anygpt.lm.chat_turns import ReplyState, finish_reply, next_job, reply_seed, span_options
 from anygpt.lm.decoding.loop import generate, generate_stream
 from anygpt.tokenizers.base import complete_length
 from anygpt.tokenizers.streaming import ChunkedDecoder
@@ -30,27 +30,34 @@ def stream_chat(model, conversation: Conversation, max_reply_tokens: int | None 
     """Events of the reply to the last user turn of ``conversation`` (see the module); raises ``AnyGPTError``
     with one line when it cannot be answered. ``chunk``, ``context``, ``lookahead``: the speech chunking, in
     codes (``ChunkedDecoder``)."""
-    response = {"id": conversation.id, "status": "ok", "replies": []}
-    state = _State(conversation, response)
+    state = ReplyState(conversation, {"id": conversation.id, "status": "ok", "replies": []})
+    return stream_state(model, state, max_reply_tokens, drop_history, chunk, context, lookahead)
+
+
+def stream_state(model, state: ReplyState, max_reply_tokens: int | None = None, drop_history: bool = True,
+                 chunk: int = 25, context: int = 50, lookahead: int = 4) -> Iterator[dict]:
+    """``stream_chat`` on a conversation already in progress (its history and reply count in ``state``)."""
+    conversation, response = state.conversation, state.response
     budget = max_reply_tokens or model.presets["chat"].max_new_tokens
     preset = replace(model.presets["chat"], max_new_tokens=budget)
     pad = model.tokenizer.pad_id
     while True:
-        job = _next_job(model, state, budget, drop_history)
+        job = next_job(model, state, budget, drop_history)
+        seed = reply_seed(state)
         if job is None:
             raise AnyGPTError(f"conversation {conversation.id}: no user turn left to answer")
         if state.position < len(conversation.turns):  # an earlier turn: answered whole, no events
-            [generated] = generate(model.backbone, [job.prompt], [preset], [job.grammar], [_seed(state)], pad_id=pad)
-            _finish(model, job, generated)
+            [generated] = generate(model.backbone, [job.prompt], [preset], [job.grammar], [seed], pad_id=pad)
+            finish_reply(model, job, generated)
             continue
-        events = ReplyEvents(model, _seed(state), state.voice, chunk, context, lookahead)
+        events = ReplyEvents(model, seed, state.voice, chunk, context, lookahead)
         generated: list[int] = []
-        for new in generate_stream(model.backbone, [job.prompt], [preset], [job.grammar], [_seed(state)], pad_id=pad):
+        for new in generate_stream(model.backbone, [job.prompt], [preset], [job.grammar], [seed], pad_id=pad):
             for token in new[0]:
                 generated.append(token)
                 yield from events.feed(token)
         yield from events.close()
-        _finish(model, job, generated, events.decoded)
+        finish_reply(model, job, generated, events.decoded)
         yield {"type": "done", "reply": response["replies"][-1]}
         return
 
