@@ -7,8 +7,9 @@ same speech and on the espeak-ng originals. Zero-shot TTS: a held-out clip of vo
 sentence; a pretrained speaker encoder (``resemblyzer``) compares the output with espeak-ng's rendering of that
 sentence by voice A and by another held-out voice B; a pair counts when A is the closer one. Codec: mel distance
 (mean |log mel| difference, 80 bands) and SI-SNR (torchmetrics) of 8-level reconstructions, the perplexity of each
-RVQ level's code distribution, and RVQ-1's phoneme purity (each code labelled by a majority vote on 300 clips of
-training voices; the share of held-out-voice frames whose code names their phoneme). Also the CPU time of the demo config's own example requests.
+RVQ level's code distribution, RVQ-1's phoneme purity (each code labelled by a majority vote on 300 clips of
+training voices; the share of held-out-voice frames whose code names their phoneme) and the share of RVQ-1 codes that
+survive decoding and re-encoding (what recognising the demo's own speech depends on). Also the CPU time of the demo config's own example requests.
 
     python benchmarks/demo_speech.py                           # the shipped weights (configs/demo.yaml)
     python benchmarks/demo_speech.py --count 40 --pairs 20     # quicker
@@ -83,7 +84,7 @@ def codec_figures(codec, paths: list[Path]) -> dict:
     from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
 
     mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=256, n_mels=80)
-    distances, snrs, codes_by_level = [], [], []
+    distances, snrs, codes_by_level, round_trip = [], [], [], []
     model = codec.model.eval()
     for path in paths:
         audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
@@ -94,6 +95,10 @@ def codec_figures(codec, paths: list[Path]) -> dict:
         distances.append(float((mel(recon).clamp_min(1e-5).log() - mel(target).clamp_min(1e-5).log()).abs().mean()))
         snrs.append(float(scale_invariant_signal_noise_ratio(recon, target)))
         codes_by_level.append(codes[:, 0])
+        with torch.inference_mode():  # what recognising decoded speech sees: RVQ-1 of the reconstruction
+            again = model.encode(recon[None, None], n_q=1)[0, 0]
+        n = min(len(again), codes.shape[-1])
+        round_trip.append(float((again[:n] == codes[0, 0, :n]).float().mean()))
     codes = torch.cat(codes_by_level, dim=-1)
     perplexity = []
     for level in codes:
@@ -101,7 +106,8 @@ def codec_figures(codec, paths: list[Path]) -> dict:
         p = p[p > 0] / p.sum()
         perplexity.append(float(torch.exp(-(p * p.log()).sum())))
     return {"mel_distance": float(np.mean(distances)), "si_snr_db": float(np.mean(snrs)),
-            "perplexity_per_level": perplexity, "codebook_size": codec.vocab_size}
+            "perplexity_per_level": perplexity, "codebook_size": codec.vocab_size,
+            "rvq1_round_trip_agreement": float(np.mean(round_trip))}
 
 
 def speaker_pairs(demo, lines: list[dict], folder: Path, pairs: int, seed: int) -> dict:
@@ -231,6 +237,8 @@ def report(result: dict) -> None:
         print(f"{'codec':<14} {'mel distance / SI-SNR dB':<44} {c['mel_distance']:>8.3f} / {c['si_snr_db']:.1f}")
         print(f"{'codec':<14} {'RVQ-1 phoneme purity (commonest phoneme)':<44} "
               f"{100 * c['rvq1_phoneme_purity']:>7.1f}% ({100 * c['commonest_phoneme_share']:.1f}%)")
+        print(f"{'codec':<14} {'RVQ-1 codes kept by decode + re-encode':<44} "
+              f"{100 * c['rvq1_round_trip_agreement']:>7.1f}%")
         print(f"{'codec':<14} {'perplexity per level':<44} {' '.join(f'{p:.0f}' for p in c['perplexity_per_level'])}")
     if "asr" in result and "tts" in result:
         print(f"{'CPU':<14} {'s per ASR clip / TTS sentence':<44} {result['asr']['seconds_per_clip']:>8.2f} / "

@@ -4,7 +4,7 @@ One JSON object a line, ``{"modality": "speech", "text": <sentence>, "attributes
 "range": ..., "rate": ...}}``: the test split of ``anygpt.demo.speech_corpus`` (sentences and espeak-ng voices that
 training never saw), in split order. Held-out clips are rebuilt from these attributes with ``Espeak.say``.
 
-    python -m anygpt.demo.heldout anygpt/demo/heldout.jsonl --seed 0 --train 20000 --val 500 --test 500
+    python -m anygpt.demo.heldout anygpt/demo/heldout.jsonl --seed 0 --train 60000 --val 500 --test 500
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the demo world's held-out texts.")
     parser.add_argument("path", nargs="?", default=str(SHIPPED))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=20000)
+    parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
     args = parser.parse_args(argv)

@@ -96,8 +96,9 @@ def _training(ckpt: Path) -> str:
 
 
 def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
-               figures: Path = Path("benchmarks/results/demo_speech.json")) -> Path:
-    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained, the commit and the figures."""
+               figures: Path = Path("benchmarks/results/demo_speech.json"), notes: list[str] = ()) -> Path:
+    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained, the commit, the figures and
+    free-text ``notes`` (how a run departed from the documented stages, say)."""
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -111,6 +112,8 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
     lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, soundstorm, tokenize, lm (repeat a "
               "training stage to train it further), then `python -m anygpt.demo.ship`; see README, Demo world.", ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     if corpus.is_file():
         summary = json.loads(corpus.read_text())
         lines += ["## Corpus", "", f"Seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=4, help="held-out clips to write (0: none)")
     parser.add_argument("--parts", nargs="+", choices=["speech_codec", "soundstorm", "lm"],
                         default=["speech_codec", "soundstorm", "lm"], help="what to ship (default: all)")
+    parser.add_argument("--note", action="append", default=[], help="a line for the model card's notes (repeatable)")
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, no {ckpt}")
     if args.clips:
         print("clips:", *write_clips(args.clips))
-    print("card:", write_card(runs, out))
+    print("card:", write_card(runs, out, notes=args.note))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ format, one JSON object a line, paths relative to the manifest::
     {"path": "wav/train/000000.wav", "text": "the red ball is on the table", "voice": "en-us+m3", "pitch": 52,
      "rate": 171, "phonemes": [["D", 0.012, 0.065], ...]}
 
-    python -m anygpt.demo.speech_corpus data/demo/speech --seed 0 --train 20000 --workers 16
+    python -m anygpt.demo.speech_corpus data/demo/speech --seed 0 --train 60000 --workers 16
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _synthesize_block(job: tuple[str, list[dict]]) -> list[dict]:
     return done
 
 
-def build(folder: str | Path, seed: int = 0, train: int = 20000, val: int = 500, test: int = 500,
+def build(folder: str | Path, seed: int = 0, train: int = 60000, val: int = 500, test: int = 500,
           workers: int = 1) -> dict:
     """Write the corpus into ``folder``: ``wav/<split>/*.wav`` (16 kHz), ``<split>.jsonl`` and ``corpus.json``
     (seed, counts, hours and a digest of every manifest). Returns the summary of ``corpus.json``."""
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the demo world's speech corpus (espeak-ng, deterministic).")
     parser.add_argument("folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=20000)
+    parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())

@@ -12,14 +12,14 @@
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
 # With OUT, the stage's last.ckpt is also copied there in 15 MiB parts (<name>.ckpt.part-aa, -ab, ...: join them with
 # cat), with its metrics and the corpus summary; tokenize writes shards.tar (unpack it in the repository root).
-# DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 20000) sets
+# DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 60000) sets
 # its training utterances (a smaller corpus is a prefix of the larger one's training split).
 set -euo pipefail
 stage=${1:?usage: stage.sh STAGE [OUT]}
 out=${2:-}
 seed=${DEMO_SEED:-0}
 minutes=${DEMO_MINUTES:-7}
-train=${DEMO_TRAIN:-20000}
+train=${DEMO_TRAIN:-60000}
 
 corpus() {
   [ -f data/demo/speech/corpus.json ] || python -m anygpt.demo.speech_corpus data/demo/speech --seed "$seed" \

@@ -56,3 +56,13 @@ def test_a_checkpoint_without_the_part_is_one_line(tmp_path):
     torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "last.ckpt")
     with pytest.raises(AnyGPTError, match="holds no 'decoder.' weights"):
         ship_soundstorm(tmp_path / "last.ckpt", tmp_path)
+
+
+def test_the_model_card_names_untrained_parts_and_carries_the_notes(tmp_path):
+    from anygpt.demo.ship import write_card
+
+    card = write_card(tmp_path / "runs", tmp_path, corpus=tmp_path / "none.json", figures=tmp_path / "none.json",
+                      notes=["the codec saw the first 20000 utterances"]).read_text()
+    assert "- `lm` (configs/demo/lm.yaml): not trained" in card
+    assert "## Notes\n\n- the codec saw the first 20000 utterances" in card
+    assert "## Corpus" not in card

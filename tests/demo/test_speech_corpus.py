@@ -101,7 +101,7 @@ def test_shipped_heldout_file_is_the_default_corpus_test_split():
 
     lines = heldout.read()
     assert len(lines) == 500 and {line["modality"] for line in lines} == {"speech"}
-    assert lines == heldout.speech_lines(0, 20000, 500, 500)
+    assert lines == heldout.speech_lines(0, 60000, 500, 500)
     words = vocabulary()
     assert all(set(line["text"].split()) <= words for line in lines)
     assert all({"voice", "pitch", "rate", "range"} <= set(line["attributes"]) for line in lines)
