@@ -1,4 +1,5 @@
-"""Chat replies as a stream of events, while they are generated (``UnifiedLM.chat(..., stream=True)``).
+"""Chat replies and predict requests as streams of events, while they are generated
+(``UnifiedLM.chat(..., stream=True)``, ``UnifiedLM.stream(request)``).
 
 Events are dicts with a ``type``:
 
@@ -7,7 +8,8 @@ Events are dicts with a ``type``:
   (``anygpt.tokenizers.streaming.ChunkedDecoder``); a span's chunks join to about its whole decode.
 - ``speech`` / ``image`` / ``music`` (the span's modality): ``{"media": ..., "codes": n}``, a finished span decoded
   as the whole reply decodes it (``sample_rate`` for audio).
-- ``done``: ``{"reply": ...}``, the reply exactly as ``chat(..., stream=False)`` returns it.
+- ``done``: ``{"reply": ...}``, the reply exactly as ``chat(..., stream=False)`` returns it (a request's:
+  ``{"response": ...}``, as ``predict`` writes it).
 
 Earlier user turns that still lack replies are answered first, without events; the last one streams.
 """
@@ -70,10 +72,12 @@ class ReplyEvents:
         seed: The reply's seed (its spans decode with it).
         voice: Encoded voice prompt of spoken replies, or None.
         chunk, context, lookahead: Speech chunking, in codes.
+        options: ``decode`` options of every span (a predict request's); None: each span's from its modality.
     """
 
-    def __init__(self, model, seed: int, voice=None, chunk: int = 25, context: int = 50, lookahead: int = 4):
-        self.model, self.seed, self.voice = model, seed, voice
+    def __init__(self, model, seed: int, voice=None, chunk: int = 25, context: int = 50, lookahead: int = 4,
+                 options: dict | None = None):
+        self.model, self.seed, self.voice, self.given_options = model, seed, voice, options
         self.chunking = {"chunk": chunk, "context": context, "lookahead": lookahead}
         self.ranges = {m: model.layout.ranges[m] for m in model.codecs}
         self.starts = {rng.bos: m for m, rng in self.ranges.items()}
@@ -135,7 +139,9 @@ class ReplyEvents:
     def _open(self, modality: str) -> None:
         self.modality, self.codes = modality, []
         codec = self.model.codecs[modality]
-        self.options = span_options(self.model, modality, self.seed, self.voice)
+        self.options = self.given_options
+        if self.options is None:
+            self.options = span_options(self.model, modality, self.seed, self.voice)
         self.chunker = ChunkedDecoder(codec, self.options, **self.chunking) if modality == "speech" else None
 
     def _close_span(self, length: int) -> Iterator[dict]:
@@ -159,3 +165,25 @@ class ReplyEvents:
 
     def _audio(self, wav) -> dict:
         return {"type": "audio", "audio": wav, "sample_rate": self.model.codecs["speech"].sample_rate}
+
+
+def stream_request(model, request, chunk: int = 25, context: int = 50, lookahead: int = 4) -> Iterator[dict]:
+    """Events of one predict request (``anygpt.data.requests.Request``) while it is generated; raises
+    ``AnyGPTError`` with one line for a request that cannot be answered."""
+    if request.error:
+        raise AnyGPTError(request.error)
+    response = {"index": request.index, "request": request.line, "source": request.source,
+                "target": request.target, "content": request.content, "status": "ok"}
+    if request.voice_prompt:
+        response["voice_prompt"] = request.voice_prompt
+    prompt, preset, grammar, options = model._prepare(request, response)
+    events = ReplyEvents(model, request.seed, None, chunk, context, lookahead, options=options)
+    generated: list[int] = []
+    for new in generate_stream(model.backbone, [prompt], [preset], [grammar], [request.seed],
+                               pad_id=model.tokenizer.pad_id):
+        for token in new[0]:
+            generated.append(token)
+            yield from events.feed(token)
+    yield from events.close()
+    model._finish(request, response, generated, options)
+    yield {"type": "done", "response": response}

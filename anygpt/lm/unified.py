@@ -251,6 +251,17 @@ class UnifiedLM(FitHooks, LightningModule):
             raise AnyGPTError(response["error"])
         return response["replies"][-1]
 
+    def stream(self, request: str | dict | Request, index: int = 0) -> Iterator[dict]:
+        """One predict request (a CLI line ``source|target|content[|voice]``, a record, or a ``Request``) as events
+        while it is generated: ``text`` deltas, ``audio`` chunks of speech, the finished media span, then ``done``
+        with the response ``predict`` gives (``anygpt.lm.chat_stream``)."""
+        from anygpt.data.requests import parse_line, parse_record
+        from anygpt.lm.chat_stream import stream_request
+
+        if not isinstance(request, Request):
+            request = parse_line(request, index) if isinstance(request, str) else parse_record(request, index)
+        return stream_request(self, request)
+
     def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar, dict]:
         known = ["text", *self.codecs]
         for side in (request.source, request.target):

@@ -1,4 +1,5 @@
-"""Streaming chat replies: events join to the reply ``chat`` returns, and come while it is generated."""
+"""Streaming chat replies and predict requests: events join to what ``chat`` and ``predict`` return, and come
+while it is generated."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def model():
     backbone = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=4, max_position_embeddings=512)
     lm = UnifiedLM(backbone=backbone, tokenizer="tiny", codecs={"speech": SpeechTokenizerCodec.tiny()},
-                   generation={"chat": {"max_new_tokens": 80}, "speech": {"decoder_steps": 1}}).eval()
+                   generation={"chat": {"max_new_tokens": 80},
+                               "speech": {"decoder_steps": 1, "max_new_tokens": 200}}).eval()
     tags = lm.layout.ranges["speech"]
 
     def favour_tags(module, args, out):
@@ -93,3 +95,28 @@ def test_a_voice_prompt_and_a_text_reply_stream_too(model):
 def test_a_bad_conversation_raises_one_line_before_any_event(model):
     with pytest.raises(AnyGPTError, match="no turns|no user turn"):
         next(iter(model.chat([], stream=True)))
+
+
+@pytest.mark.parametrize("line", ["text|speech|the red ball is on the table", f"speech|text|{VOICE}",
+                                  f"text|speech|hello there|{VOICE}"])
+def test_a_predict_request_streams_to_the_response_predict_gives(model, line):
+    from anygpt.data.requests import parse_line
+    from anygpt.lm.chat_stream import stream_request
+
+    whole = model.predict_step([parse_line(line, 0)])[0]
+    events = list(stream_request(model, parse_line(line, 0), chunk=4, context=8, lookahead=2))
+    done = events[-1]["response"]
+    assert {k: v for k, v in done.items() if k != "media"} == {k: v for k, v in whole.items() if k != "media"}
+    if whole["target"] == "text":
+        assert whole["text"] and "".join(e["text"] for e in events if e["type"] == "text") == whole["text"]
+    else:
+        assert torch.equal(done["media"], whole["media"])
+        [span] = [e for e in events if e["type"] == "speech"]
+        assert torch.equal(span["media"], whole["media"])
+        chunks = [e["audio"] for e in events if e["type"] == "audio"]
+        assert sum(c.shape[-1] for c in chunks) == whole["media"].shape[-1]
+
+
+def test_a_bad_request_raises_one_line(model):
+    with pytest.raises(AnyGPTError, match="expected source\\|target\\|content"):
+        next(model.stream("just text"))
