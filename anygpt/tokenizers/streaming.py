@@ -3,8 +3,10 @@
 A codec whose ``decode`` turns ``T`` codes into ``hop * T`` samples (SpeechTokenizer with SoundStorm: 320 samples a
 code) can be decoded window by window: each chunk of new codes is decoded together with ``context`` codes before it
 (the second stage and the decoder's convolutions see what came before) and ``lookahead`` codes after it (the
-decoder's receptive field reaches a few frames ahead), and only the chunk's own samples are kept. Joined, the chunks
-approximate the whole-span decode; ``benchmarks/stream_speech.py`` measures how closely.
+decoder's receptive field reaches a few frames ahead), and only the chunk's own samples are kept. The lookahead's
+samples are not thrown away: the next chunk's start cross-fades from them, so windows that drew SoundStorm's codes
+differently meet without a step. Joined, the chunks approximate the whole-span decode;
+``benchmarks/stream_speech.py`` measures how closely.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ChunkedDecoder:
         self.chunk, self.context, self.lookahead = chunk, context, lookahead
         self.codes: list[int] = []
         self.emitted = 0
+        self.tail: torch.Tensor | None = None  # the last window's samples past its chunk (its lookahead)
 
     def push(self, code: int) -> list[torch.Tensor]:
         """Add one code; returns the chunks it completes (usually none, at most one)."""
@@ -57,4 +60,10 @@ class ChunkedDecoder:
         low, high = max(0, start - self.context), min(len(self.codes), end + self.lookahead)
         wav = self.codec.decode([torch.tensor(self.codes[low:high], dtype=torch.long)], **self.options)[0]
         hop = wav.shape[-1] // (high - low)
-        return wav[..., (start - low) * hop:(end - low) * hop]
+        out = wav[..., (start - low) * hop:(end - low) * hop].clone()
+        if self.tail is not None and self.tail.shape[-1] and out.shape[-1]:
+            n = min(self.tail.shape[-1], out.shape[-1])
+            fade = torch.linspace(0.0, 1.0, n + 2, dtype=out.dtype)[1:-1]
+            out[..., :n] = self.tail[..., :n] * (1 - fade) + out[..., :n] * fade
+        self.tail = wav[..., (end - low) * hop:]
+        return out

@@ -9,7 +9,7 @@ from anygpt.tokenizers.streaming import ChunkedDecoder
 
 
 class LocalCodec:
-    """Each code becomes ``hop`` samples of its value plus the window's first code (so a window's offset shows)."""
+    """Each code becomes ``hop`` samples of ten times its value plus the seed, whatever the window."""
 
     hop = 3
 
@@ -34,10 +34,26 @@ def test_chunks_hold_exactly_their_own_samples(chunk, context, lookahead):
     codec = LocalCodec()
     chunks = stream(ChunkedDecoder(codec, {"seeds": [7]}, chunk, context, lookahead), codes)
     whole = torch.tensor(codes, dtype=torch.float32).repeat_interleave(3)[None] * 10 + 7
-    assert torch.equal(torch.cat(chunks, dim=-1), whole)
+    torch.testing.assert_close(torch.cat(chunks, dim=-1), whole)  # cross-fades of equal samples change nothing
     assert [c.shape[-1] for c in chunks[:-1]] == [3 * chunk] * (len(chunks) - 1)
     for window in codec.windows[:-1]:  # each window: its context, its chunk, its lookahead
         assert len(window) <= context + chunk + lookahead
+
+
+def test_a_chunk_fades_in_from_the_last_windows_lookahead():
+    class WindowCodec:  # every sample of a window's decode is its window number
+        calls = 0
+
+        def decode(self, codes):
+            WindowCodec.calls += 1
+            return [torch.full((1, 3 * len(codes[0])), float(WindowCodec.calls))]
+
+    decoder = ChunkedDecoder(WindowCodec(), chunk=4, context=0, lookahead=2)
+    first, second = [wav for code in range(10) for wav in decoder.push(code)]
+    assert torch.equal(first, torch.ones(1, 12))
+    ramp = second[0, :6]
+    assert (ramp > 1).all() and (ramp < 2).all() and (ramp.diff() > 0).all()  # from window 1's tail to window 2
+    assert torch.equal(second[0, 6:], torch.full((6,), 2.0))
 
 
 def test_a_chunk_waits_for_its_lookahead():

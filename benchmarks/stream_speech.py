@@ -1,0 +1,94 @@
+"""Streamed speech against the whole-span decode, on the demo world's weights (``configs/demo.yaml``'s codec and
+SoundStorm): the RVQ-1 codes of held-out clips are decoded whole and chunk by chunk (``ChunkedDecoder``), as a
+spoken chat reply is while it is generated.
+
+Reports, per chunking: the mel distance between the joined chunks and the whole decode (mean |log mel| difference,
+80 bands), the seam ratio (the largest sample jump at a chunk join over the median sample jump of the whole decode;
+the goal is <= 3), and the time to the first chunk (decoding the first window) against the whole decode's time.
+
+    python benchmarks/stream_speech.py                  # CPU, 8 held-out clips
+    python benchmarks/stream_speech.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from timing import device_name, sync, write_json
+
+CHUNKINGS = [(25, 50, 4), (25, 50, 0), (25, 0, 4), (10, 50, 4)]  # (chunk, context, lookahead) in codes
+
+
+def seam_ratio(chunks: list[torch.Tensor], whole: torch.Tensor) -> float:
+    joined = torch.cat(chunks, dim=-1)[0]
+    joins = np.cumsum([c.shape[-1] for c in chunks])[:-1]
+    jumps = [abs(float(joined[j] - joined[j - 1])) for j in joins]
+    median = float((whole[0, 1:] - whole[0, :-1]).abs().median())
+    return max(jumps, default=0.0) / max(median, 1e-8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="SoundStorm steps (configs/demo.yaml's)")
+    parser.add_argument("--out", default="benchmarks/results/stream_speech.json")
+    args = parser.parse_args()
+
+    import torchaudio
+
+    from anygpt.demo.heldout import read, speak
+    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+    from anygpt.tokenizers.streaming import ChunkedDecoder
+
+    weights = Path("anygpt/demo/weights")
+    codec = SpeechTokenizerCodec(config={"n_filters": 12, "dimension": 128, "semantic_dimension": 64,
+                                         "codebook_size": 256, "lstm_layers": 1},
+                                 checkpoint=str(weights / "speech_codec.safetensors"),
+                                 decoder=str(weights / "soundstorm.safetensors")).to(args.device)
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=256, n_mels=80)
+    codes = [codec.encode([(torch.from_numpy(speak(line)[0])[None], 16000)])[0] for line in
+             read(modality="speech")[:args.clips]]
+    options = {"seeds": [0], "steps": args.steps}
+    rows = []
+    for chunk, context, lookahead in CHUNKINGS:
+        distances, seams, first, whole_s = [], [], [], []
+        for ids in codes:
+            sync(args.device)
+            start = time.perf_counter()
+            whole = codec.decode([ids], **options)[0]
+            sync(args.device)
+            whole_s.append(time.perf_counter() - start)
+            decoder = ChunkedDecoder(codec, options, chunk, context, lookahead)
+            chunks, start = [], time.perf_counter()
+            for code in ids.tolist():
+                for wav in decoder.push(code):
+                    sync(args.device)
+                    first.append(time.perf_counter() - start) if not chunks else None
+                    chunks.append(wav)
+            rest = decoder.finish()
+            chunks += [] if rest is None else [rest]
+            joined = torch.cat(chunks, dim=-1)
+            distances.append(float((mel(joined[0]).clamp_min(1e-5).log() - mel(whole[0]).clamp_min(1e-5).log())
+                                   .abs().mean()))
+            seams.append(seam_ratio(chunks, whole))
+        rows.append({"chunk": chunk, "context": context, "lookahead": lookahead,
+                     "mel_distance": float(np.mean(distances)), "seam_ratio_max": float(np.max(seams)),
+                     "seam_ratio_median": float(np.median(seams)),
+                     "first_chunk_s": float(np.median(first)) if first else None,
+                     "whole_decode_s": float(np.median(whole_s))})
+    print(f"{'chunk/context/lookahead':<24} {'mel dist':>9} {'seam max':>9} {'seam med':>9} {'first s':>8} {'whole s':>8}")
+    for r in rows:
+        first = f"{r['first_chunk_s']:.3f}" if r["first_chunk_s"] is not None else "-"
+        print(f"{r['chunk']}/{r['context']}/{r['lookahead']:<18} {r['mel_distance']:>9.3f} {r['seam_ratio_max']:>9.2f} "
+              f"{r['seam_ratio_median']:>9.2f} {first:>8} {r['whole_decode_s']:>8.3f}")
+    write_json(args.out, {"benchmark": "stream_speech", "device": device_name(args.device), "clips": len(codes),
+                          "steps": args.steps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
