@@ -67,8 +67,9 @@ def main() -> None:
             chunks, start = [], time.perf_counter()
             for code in ids.tolist():
                 for wav in decoder.push(code):
-                    sync(args.device)
-                    first.append(time.perf_counter() - start) if not chunks else None
+                    if not chunks:
+                        sync(args.device)
+                        first.append(time.perf_counter() - start)
                     chunks.append(wav)
             rest = decoder.finish()
             chunks += [] if rest is None else [rest]

@@ -185,5 +185,5 @@ def stream_request(model, request, chunk: int = 25, context: int = 50, lookahead
             generated.append(token)
             yield from events.feed(token)
     yield from events.close()
-    model._finish(request, response, generated, options)
+    model._finish(request, response, generated, options, events.decoded)  # the span decoded once
     yield {"type": "done", "response": response}

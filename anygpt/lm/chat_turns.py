@@ -125,11 +125,8 @@ def finish_reply(model, job: ReplyJob, generated: list[int], decoded: list[tuple
     for i, (modality, codes) in enumerate(parsed.spans):
         codec = model.codecs[modality]
         done = decoded[i] if i < len(decoded) else None
-        if done is not None and done[0] == modality and torch.equal(done[1], codes):
-            decoded_media = done[2]
-        else:
-            decoded_media = codec.decode([codes], **span_options(model, modality, seed, state.voice))[0]
-        item = {"modality": modality, "media": decoded_media, "codes": len(codes)}
+        item = {"modality": modality, "codes": len(codes),
+                "media": decode_span(codec, modality, codes, span_options(model, modality, seed, state.voice), done)}
         if hasattr(codec, "sample_rate"):
             item["sample_rate"] = codec.sample_rate
         media.append(item)
@@ -138,6 +135,14 @@ def finish_reply(model, job: ReplyJob, generated: list[int], decoded: list[tuple
         "prompt_tokens": len(job.prompt), "generated_tokens": len(generated), "dropped_turns": job.dropped})
     state.history.append((job.message, parsed.ids))
     state.round += 1
+
+
+def decode_span(codec, modality: str, codes: torch.Tensor, options: dict, done: tuple | None = None):
+    """A span's media: ``done`` (``(modality, codes, media)``, decoded while streaming) where it is this span,
+    else ``codec.decode`` now."""
+    if done is not None and done[0] == modality and torch.equal(done[1], codes):
+        return done[2]
+    return codec.decode([codes], **options)[0]
 
 
 def span_options(model, modality: str, seed: int, voice: Any) -> dict:

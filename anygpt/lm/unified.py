@@ -16,6 +16,7 @@ from anygpt import AnyGPTError
 from anygpt.data.chat import Conversation
 from anygpt.data.requests import Request
 from anygpt.lm.chat_session import answer
+from anygpt.lm.chat_turns import decode_span
 from anygpt.lm.decoding.grammar import SpanGrammar
 from anygpt.lm.decoding.loop import generate
 from anygpt.lm.decoding.presets import GenerationPreset, build_presets
@@ -313,14 +314,15 @@ class UnifiedLM(FitHooks, LightningModule):
             prompt = encode_voice_prompt(codec, request.voice_prompt)
         return decode_options(codec, request.seed, preset.decoder_steps, prompt)
 
-    def _finish(self, request: Request, response: dict, generated: list[int], options: dict) -> None:
+    def _finish(self, request: Request, response: dict, generated: list[int], options: dict,
+                decoded: list[tuple] = ()) -> None:
         response["generated_tokens"] = len(generated)
         if request.target == "text":
             response["text"], response["truncated"] = self.parse_text(generated)
             return
         codec = self.codecs[request.target]
         codes, truncated = self.parse_span(request.target, generated)
-        media = codec.decode([codes], **options)[0]
+        media = decode_span(codec, request.target, codes, options, decoded[0] if decoded else None)
         response.update(media=media, truncated=truncated, codes=len(codes))
         if hasattr(codec, "sample_rate"):
             response["sample_rate"] = codec.sample_rate
