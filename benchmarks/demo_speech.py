@@ -148,7 +148,8 @@ def speaker_pairs(demo, lines: list[dict], folder: Path, pairs: int, seed: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--override", nargs="*", default=[], help="extra CLI arguments for the config")
+    parser.add_argument("--override", action="append", default=[],
+                        help="an extra CLI argument for the config, one per use: --override=--model.backbone=DIR")
     parser.add_argument("--count", type=int, default=100, help="held-out sentences for ASR and TTS")
     parser.add_argument("--pairs", type=int, default=50, help="zero-shot TTS pairs (0: skip)")
     parser.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,8 @@
     python -m anygpt.demo.ship runs/demo anygpt/demo/weights
 
 Takes each run's ``best.ckpt`` (lowest validation loss) where there is one, else its ``last.ckpt``. Writes
-``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``),
+``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``; the
+``speech_decoder`` run, the same codec with its decoder fine-tuned, writes the same file after ``speech_codec``),
 ``soundstorm.safetensors`` (``SoundStormDecoder.from_pretrained``; its constructor arguments in the file's metadata)
 and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the shipped held-out
 clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
@@ -67,6 +68,10 @@ def ship_lm(ckpt: Path, out: Path) -> Path:
     return export(ckpt, folder, dtype="float16")
 
 
+PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec, "soundstorm": ship_soundstorm,
+         "lm": ship_lm}
+
+
 def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
     """The first ``count`` held-out sentences, spoken by their held-out voices, as 16 kHz wavs (test inputs and the
     README's examples); rebuilt exactly from ``heldout.jsonl`` by espeak-ng."""
@@ -106,12 +111,13 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
              "A small speaking AnyGPT trained by this project from nothing on its own espeak-ng corpus "
              "(`anygpt.demo`). Runs offline on the CPU: `anygpt predict --config configs/demo.yaml`.", "",
              f"Shipped from commit `{commit or 'unknown'}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
-    for name, config in (("speech_codec", "configs/demo/speech_codec.yaml"), ("soundstorm", "configs/demo/soundstorm.yaml"),
-                         ("lm", "configs/demo/lm.yaml")):
+    for name in PARTS:
+        config = f"configs/demo/{name}.yaml"
         ckpt = run_checkpoint(runs, name)
         lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
-    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, soundstorm, tokenize, lm (repeat a "
-              "training stage to train it further), then `python -m anygpt.demo.ship`; see README, Demo world.", ""]
+    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, speech_decoder, soundstorm, tokenize, "
+              "lm (repeat a training stage to train it further), then `python -m anygpt.demo.ship`; see README, "
+              "Demo world.", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     if corpus.is_file():
@@ -135,14 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="?", default="runs/demo")
     parser.add_argument("out", nargs="?", default=str(Path(__file__).with_name("weights")))
     parser.add_argument("--clips", type=int, default=4, help="held-out clips to write (0: none)")
-    parser.add_argument("--parts", nargs="+", choices=["speech_codec", "soundstorm", "lm"],
-                        default=["speech_codec", "soundstorm", "lm"], help="what to ship (default: all)")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
+                        help="what to ship, in this order (default: all)")
     parser.add_argument("--note", action="append", default=[], help="a line for the model card's notes (repeatable)")
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = {"speech_codec": ship_speech_codec, "soundstorm": ship_soundstorm, "lm": ship_lm}
-    for name, ship in ((name, parts[name]) for name in args.parts):
+    for name, ship in ((name, PARTS[name]) for name in PARTS if name in args.parts):
         ckpt = run_checkpoint(runs, name)
         if ckpt.is_file():
             print(f"{name}: {ship(ckpt, out)}")

@@ -1,13 +1,16 @@
 """Training SpeechTokenizer with ``anygpt fit``: ``SpeechTokenizerTrainer`` wraps the inference class itself.
 
 Generator loss (codec_training §1.1): ``time_weight * L1 + multi-scale mel + commit_weight * commitment +
-distill_weight * distillation`` and, with ``adversarial``, LSGAN + feature matching against an MS-STFT
+distill_weight * distillation + cycle_weight * round trip`` and, with ``adversarial``, LSGAN + feature matching against an MS-STFT
 discriminator (one D update, then one G update per step). Distillation pulls RVQ level 1 towards meaning:
 towards a frame-feature teacher (HuBERT, D-axis cosine through the model's ``transform``) and/or, for data with
 phoneme timings, towards the frame's phoneme through a linear classifier on the straight-through RVQ-1 output.
+The round trip (``anygpt.training.round_trip``) encodes the decoded audio again and asks for the same level-1 codes;
+with ``frozen_encoder`` only the decoder trains, so the codes that tokenized data and SoundStorm hold stay valid.
 
 Logged: ``train/loss`` (the total) and its parts (``train/time``, ``train/mel``, ``train/commit``, ``train/distill``,
-...); ``val/loss``, ``val/mel`` (L1 of the first mel scale), ``val/si_snr``, ``val/phoneme_acc`` and per RVQ level
+...); ``val/loss``, ``val/mel`` (L1 of the first mel scale), ``val/si_snr``, ``val/phoneme_acc``, ``val/cycle_agreement``
+(level-1 codes kept by decode + encode) and per RVQ level
 ``val/perplexity_l{k}`` and ``val/live_codes_l{k}``, all through the inference path (``encode`` then ``decode``).
 """
 
@@ -27,6 +30,7 @@ from anygpt.training import audio_losses as losses
 from anygpt.training.arguments import check_keys
 from anygpt.training.codebooks import CodebookUsage, configure_ema, ema_codebooks, reset_for_kmeans, restart_dead_codes
 from anygpt.training.codec_mode import TrainsCodecNetwork
+from anygpt.training.round_trip import level_one_cycle
 from anygpt.training.teachers import UNKNOWN, HubertTeacher, d_axis_loss, frame_labels, standardize_over_time
 
 __all__ = ["HubertTeacher", "SpeechTokenizerTrainer"]
@@ -69,6 +73,9 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         discriminator_optimizer: Discriminator optimizer factory; None is the generator's kind.
         lr_scheduler: Scheduler factory (one per optimizer, stepped every step); None keeps the rate constant.
         grad_clip: Gradient norm clip in adversarial mode (else use ``trainer.gradient_clip_val``); None: off.
+        cycle_weight: Weight of the round-trip loss (decoded audio re-encoded to its level-1 codes); 0: off.
+        frozen_encoder: Train the decoder alone: the encoder and codebooks (no k-means, EMA or restarts) stay those
+            of ``codec.checkpoint``, and so do the codes they give.
     """
 
     def __init__(self, codec: dict[str, Any] | None = None, teacher: nn.Module | None = None,
@@ -80,7 +87,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
                  ema_decay: float | None = None,
                  optimizer: OptimizerCallable | None = None, head_lr: float | None = None,
                  discriminator_optimizer: OptimizerCallable | None = None,
-                 lr_scheduler: LRSchedulerCallable | None = None, grad_clip: float | None = None):
+                 lr_scheduler: LRSchedulerCallable | None = None, grad_clip: float | None = None,
+                 cycle_weight: float = 0.0, frozen_encoder: bool = False):
         super().__init__()
         from anygpt.tokenizers.speech import REAL_CONFIG, SpeechTokenizerCodec
 
@@ -92,15 +100,22 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         labels = list(phoneme_labels or [])
         if len(set(labels)) != len(labels) or UNKNOWN in labels:
             raise AnyGPTError(f"phoneme_labels must be distinct and leave out {UNKNOWN} (added for unknown labels)")
-        if dead_code_threshold < 0 or min(time_weight, commit_weight, distill_weight, adv_weight, feat_weight) < 0:
+        if dead_code_threshold < 0 or min(time_weight, commit_weight, distill_weight, adv_weight, feat_weight,
+                                          cycle_weight) < 0:
             raise AnyGPTError("loss weights and dead_code_threshold must be >= 0")
         self.codec = SpeechTokenizerCodec(**{**codec, "decoder": None})
         self.model_config = _model_config(codec["config"])
+        if frozen_encoder and codec["checkpoint"] is None:
+            raise AnyGPTError("model.init_args.frozen_encoder needs codec.checkpoint: the encoder it keeps")
+        self.frozen_encoder = frozen_encoder
         self.codec.model.requires_grad_(True)
+        if frozen_encoder:
+            for part in (self.codec.model.encoder, self.codec.model.quantizer, self.codec.model.transform):
+                part.requires_grad_(False)
         self.books = ema_codebooks(self.codec.model)
         configure_ema(self.books, decay=ema_decay, kmeans_iters=kmeans_iters)
         from_scratch = codec["checkpoint"] is None
-        if from_scratch if kmeans_init is None else kmeans_init:
+        if (from_scratch if kmeans_init is None else kmeans_init) and not frozen_encoder:
             reset_for_kmeans(self.books)
         self.sample_rate, self.hop = self.codec.sample_rate, self.codec.hop_length
         mel = check_keys("mel", mel, losses.MultiScaleMelLoss)
@@ -113,7 +128,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         discriminator = check_keys("discriminator", discriminator, losses.MultiScaleSTFTDiscriminator)
         self.discriminator = losses.MultiScaleSTFTDiscriminator(**discriminator) if adversarial else None
         self.automatic_optimization = not adversarial
-        self.weights = {"time": time_weight, "mel": 1.0, "commit": commit_weight, "distill": distill_weight}
+        self.weights = {"time": time_weight, "mel": 1.0, "commit": commit_weight, "distill": distill_weight,
+                        "cycle": cycle_weight}
         self.adv_weight, self.feat_weight, self.dead_code_threshold = adv_weight, feat_weight, dead_code_threshold
         self.optimizer_factory, self.d_optimizer_factory = optimizer, discriminator_optimizer
         self.scheduler_factory, self.grad_clip, self.head_lr = lr_scheduler, grad_clip, head_lr
@@ -125,10 +141,11 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         """Encode, quantize and decode ``audio [B, L]`` as ``SpeechTokenizer.forward``; when training, dead codes are
         first re-seeded from this batch's real frames (``valid [B, T]``) and the quantizer updates its EMA."""
         model = self.codec.model
-        embedding = model.encoder(audio.unsqueeze(1))
-        if training and valid is not None:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            embedding = model.encoder(audio.unsqueeze(1))
+        if training and valid is not None and not self.frozen_encoder:
             self._restart_dead_codes(embedding.detach(), valid[:, : embedding.shape[-1]])
-        if training:
+        if training and not self.frozen_encoder:
             quantized, codes, commit, firsts = model.quantizer(embedding, layers=[0])
             first = firsts[0]
         else:
@@ -179,6 +196,9 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         valid = self._frame_valid(mask)
         parts = {"time": losses.time_l1(out["wave"], audio, mask), "mel": self.mel_loss(out["wave"], audio, mask),
                  "commit": out["commit"], **self._distill(batch, out, valid)}
+        if self.weights["cycle"] or not self.training:
+            parts["cycle"], parts["cycle_agreement"] = level_one_cycle(
+                self.codec.model, losses.masked(out["wave"], mask), out["codes"][0].detach(), valid)
         parts["loss"] = sum(w * parts[k] for k, w in self.weights.items() if k in parts)
         return parts
 

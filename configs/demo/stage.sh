@@ -3,6 +3,8 @@
 #   bash configs/demo/stage.sh STAGE [OUT]
 # Stages, in order (run a training stage again to train it further: it resumes from its last.ckpt):
 #   speech_codec  build the espeak-ng corpus if missing; train the speech codec (configs/demo/speech_codec.yaml)
+#   speech_decoder  corpus; fine-tune the shipped codec's decoder for the round trip, encoder and codes frozen
+#                 (configs/demo/speech_decoder.yaml); ship it with `python -m anygpt.demo.ship --parts speech_decoder`
 #   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
 #   tokenize      corpus; its RVQ-1 token shards by the codec, data/demo/shards/{train,val}
 #                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~18 items/s a core)
@@ -60,6 +62,7 @@ pack() {  # pack NAME: last.ckpt in parts and the CSV metrics into OUT
 
 case "$stage" in
   speech_codec) corpus; fit configs/demo/speech_codec.yaml speech_codec; pack speech_codec ;;
+  speech_decoder) corpus; fit configs/demo/speech_decoder.yaml speech_decoder; pack speech_decoder ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
   tokenize)
     corpus; rm -rf data/demo/shards; tokenize

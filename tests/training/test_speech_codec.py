@@ -138,6 +138,48 @@ def test_adversarial_mode_steps_both_optimizers(corpus, tmp_path):
         assert all(math.isfinite(x) for x in series(run.rows, key)) and series(run.rows, key), key
 
 
+def test_decoder_fine_tune_keeps_the_codes_and_learns_the_round_trip(tiny_fit, corpus, tmp_path):
+    last = next(tiny_fit.folder.rglob("last.ckpt"))
+    codec = json.dumps({"config": tiny_config(), "checkpoint": str(last)})
+    run = fit(corpus, tmp_path, "--model.init_args.codec", codec, "--model.init_args.frozen_encoder", "true",
+              "--model.init_args.cycle_weight", "20.0", "--model.init_args.phoneme_labels", "null",
+              "--model.init_args.time_weight", "0.0", "--model.init_args.mel_weights", "[1.0]",
+              "--trainer.max_steps", "40", "--trainer.val_check_interval", "40")
+    before, after = tiny_fit.cli.model.codec.model.state_dict(), run.cli.model.codec.model.state_dict()
+    kept = [k for k in before if not k.startswith("decoder.")]
+    assert any(k.startswith("quantizer.") for k in kept) and any(k.startswith("encoder.") for k in kept)
+    assert all(torch.equal(before[k], after[k]) for k in kept), [k for k in kept if not torch.equal(before[k], after[k])]
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    cycle = series(run.rows, "train/cycle")
+    assert len(cycle) == 40 and sum(cycle[-5:]) / 5 < 0.85 * sum(cycle[:5]) / 5, (cycle[:5], cycle[-5:])
+    agreement = series(run.rows, "val/cycle_agreement")
+    assert agreement and 0.0 <= agreement[-1] <= 1.0
+
+
+def test_round_trip_logits_pick_the_codes_the_quantizer_picks():
+    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+    from anygpt.training.round_trip import code_logits, level_one_cycle
+
+    model = SpeechTokenizerCodec(config=tiny_config(), checkpoint=None, decoder=None).model.eval()
+    wave = torch.randn(2, 3200)
+    with torch.no_grad():
+        embedding = model.encoder(wave.unsqueeze(1))
+        codes = model.quantizer.encode(embedding)[0]
+        assert torch.equal(code_logits(model.quantizer.vq.layers[0], embedding).argmax(-1), codes)
+        valid = torch.ones_like(codes, dtype=torch.bool)
+        loss, agreement = level_one_cycle(model, wave, codes, valid)
+        assert agreement == 1.0 and loss < math.log(64)
+        _, agreement = level_one_cycle(model, wave, (codes + 1) % 64, valid)
+        assert agreement == 0.0
+
+
+def test_frozen_encoder_needs_a_checkpoint():
+    from anygpt.training.speech_codec import SpeechTokenizerTrainer
+
+    with pytest.raises(AnyGPTError, match="frozen_encoder needs codec.checkpoint"):
+        SpeechTokenizerTrainer(codec={"config": tiny_config(), "checkpoint": None}, frozen_encoder=True)
+
+
 def test_hubert_teacher_distils_through_the_transform():
     from anygpt.training.speech_codec import SpeechTokenizerTrainer
 
