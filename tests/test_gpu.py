@@ -143,7 +143,7 @@ def test_fit_with_packed_attention_and_compile_learns(tmp_path):
                       attn_implementation="packed", compile=True, gradient_checkpointing=True,
                       optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
     dm = PretrainDataModule(datasets=[{"files": [str(DATA / "music_val.jsonl")], "to_text_prob": 0.0}],
-                            block_size=2048, batch_size=2, examples_per_epoch=6)
+                            block_size=256, batch_size=2, examples_per_epoch=6)  # ~110 tokens each: 3 blocks
     log = LossLog()
     trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=40, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

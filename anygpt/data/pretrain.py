@@ -27,17 +27,20 @@ def _check_specs(specs: list[dict], where: str) -> list[dict]:
     checked = []
     for i, spec in enumerate(specs):
         spec = dict(spec)
-        unknown = set(spec) - {"files", "weight", "to_text_prob", "name"}
+        unknown = set(spec) - {"files", "weight", "to_text_prob", "name", "code_noise"}
         if unknown:
-            raise AnyGPTError(f"{where}[{i}]: unknown fields {sorted(unknown)} (files, weight, to_text_prob, name)")
+            raise AnyGPTError(f"{where}[{i}]: unknown fields {sorted(unknown)} "
+                              "(files, weight, to_text_prob, name, code_noise)")
         if not spec.get("files"):
             raise AnyGPTError(f"{where}[{i}]: give its JSONL `files`")
         spec["files"] = expand_folders(list(spec["files"]))
         spec.setdefault("weight", 1.0)
         spec.setdefault("to_text_prob", 0.5)
         spec.setdefault("name", f"{where}{i}")
-        if spec["weight"] <= 0 or not 0 <= spec["to_text_prob"] <= 1:
-            raise AnyGPTError(f"{where}[{i}]: weight must be > 0 and to_text_prob in [0, 1], got {spec}")
+        spec.setdefault("code_noise", 0.0)
+        if spec["weight"] <= 0 or not 0 <= spec["to_text_prob"] <= 1 or not 0 <= spec["code_noise"] < 1:
+            raise AnyGPTError(f"{where}[{i}]: weight must be > 0, to_text_prob in [0, 1] and code_noise in [0, 1), "
+                              f"got {spec}")
         checked.append(spec)
     return checked
 
@@ -53,8 +56,10 @@ class PretrainDataModule(ResumableData, LightningDataModule):
     packs every validation example once, in file order.
 
     Args:
-        datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ...}`` each; files are
-            AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``), or folders of them.
+        datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ..., code_noise: 0.0}``
+            each; files are AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``), or folders
+            of them. ``code_noise``: share of a to-text example's input codes replaced by random ones, drawn once per
+            record with its direction (``UnifiedLM.build_example``).
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
         batch_size: Blocks per batch and process (global batch: x processes; a resumed fit keeps the checkpoint's
@@ -81,7 +86,8 @@ class PretrainDataModule(ResumableData, LightningDataModule):
 
     def _read(self, spec: dict, model: Any) -> list[tuple[list[int], str]]:
         def build(record, rng):
-            return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"])
+            return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"],
+                                       code_noise=spec["code_noise"])
 
         examples, problems = read_examples(spec["files"], build, self.seed)
         self.problems += problems

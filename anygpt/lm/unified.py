@@ -362,10 +362,12 @@ class UnifiedLM(FitHooks, LightningModule):
     # ----------------------------------------------------------------- training
 
     def build_example(self, record: dict, rng: random.Random, max_length: int = 4096,
-                      to_text_prob: float = 0.5) -> tuple[list[int], str]:
+                      to_text_prob: float = 0.5, code_noise: float = 0.0) -> tuple[list[int], str]:
         """One training sequence from an AnyGPT-format record ``{"text": ..., "<modality>": "<so..>...<eo..>"}``.
 
-        Returns the token ids and the task name (``music_to_text`` or ``text_to_music``).
+        ``code_noise``: in a to-text example, the chance that each input code is replaced by a random code that its
+        position allows (an augmentation: recognition that tolerates imperfect codes, such as those of synthesized
+        speech). Returns the token ids and the task name (``music_to_text`` or ``text_to_music``).
         """
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -385,9 +387,19 @@ class UnifiedLM(FitHooks, LightningModule):
         check_span(self.codecs[modality], tokens.from_lm(span[1:-1]))
         direction = "to_text" if rng.random() < to_text_prob else "from_text"
         instruction = self.instructions.choose(direction, modality, rng)
+        if direction == "to_text" and code_noise > 0:
+            span = _noisy_span(self.codecs[modality], tokens, span, code_noise, rng)
         ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id)
         task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
         return ids[:max_length], task
+
+
+def _noisy_span(codec: Any, tokens: Any, span: list[int], share: float, rng: random.Random) -> list[int]:
+    codes = tokens.from_lm(span[1:-1]).tolist()
+    for position in range(len(codes)):
+        if rng.random() < share:
+            codes[position] = rng.randrange(*codec.allowed(position))
+    return [span[0], *tokens.to_lm(codes).tolist(), span[-1]]
 
 
 def _cli_hparams() -> dict | None:

@@ -163,6 +163,23 @@ def test_training_examples_follow_the_pretraining_template(model):
             model.build_example(bad, random.Random(0))
 
 
+def test_code_noise_replaces_a_share_of_the_input_codes_within_their_codebooks(model):
+    music = model.layout.ranges["music"]
+    codes = [3 + 2048 * (i % 4) for i in range(400)]
+    record = {"text": "A calm song", "music": "<somu>" + "".join(f"<🎶{c}>" for c in codes) + "<eomu>"}
+    clean, _ = model.build_example(record, random.Random(0), to_text_prob=1.0)
+    noisy, task = model.build_example(record, random.Random(0), to_text_prob=1.0, code_noise=0.25)
+    assert task == "music_to_text" and len(noisy) == len(clean)
+    start = clean.index(music.bos) + 1
+    got = music.from_lm(noisy[start:start + len(codes)]).tolist()
+    changed = [i for i, (a, b) in enumerate(zip(codes, got)) if a != b]
+    assert 0.15 < len(changed) / len(codes) < 0.3  # 0.25 drawn, minus draws that hit the same code
+    assert all(2048 * (i % 4) <= got[i] < 2048 * (i % 4 + 1) for i in range(len(codes)))  # the position's codebook
+    assert noisy[:start] == clean[:start] and noisy[start + len(codes):] == clean[start + len(codes):]
+    spoken, task = model.build_example(record, random.Random(0), to_text_prob=0.0, code_noise=0.25)
+    assert task == "text_to_music" and music.from_lm(spoken[spoken.index(music.bos) + 1:][:len(codes)]).tolist() == codes
+
+
 def test_without_the_grammar_decode_reports_broken_spans(music_codec, monkeypatch):
     import anygpt.lm.unified as unified
 
