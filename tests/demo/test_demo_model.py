@@ -1,8 +1,8 @@
 """The shipped demo world (anygpt/demo/weights): it loads offline on the CPU, recognises held-out speech and speaks
 held-out sentences that its recogniser understands. benchmarks/demo_speech.py measures the goals on 100 held-out
-sentences (ASR WER 9.0 % against the goal of 5 %; the demo ASR's WER on its own TTS 60 % against 10 %). Floors sit
-below what the shipped weights do (4 clips: ASR 6.1 %; TTS 54 %, 100 % against the wrong sentences), so a broken
-demo turns CI red; they rise with the weights."""
+sentences (ASR WER 5.9 % against the goal of 5 %; the demo ASR's WER on its own TTS 13.6 % against 10 %). Floors
+sit below what the shipped weights do (4 clips: ASR 9.1 %; TTS 11.5 %, 88 % against the wrong sentences), so a
+broken demo turns CI red; they rise with the weights."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_recognises_heldout_speakers(demo):
 
     lines = read(modality="speech")[:4]
     hyps = demo.transcribe([CLIPS / f"heldout_{i}.wav" for i in range(4)])
-    assert wer(hyps, [line["text"] for line in lines]) <= 0.12, hyps
+    assert wer(hyps, [line["text"] for line in lines]) <= 0.15, hyps
 
 
 def test_speaks_heldout_sentences_that_its_asr_understands(demo, tmp_path):
@@ -55,10 +55,32 @@ def test_speaks_heldout_sentences_that_its_asr_understands(demo, tmp_path):
         paths.append(tmp_path / f"{i}.wav")
         soundfile.write(paths[-1], audio[0].numpy(), 16000)
     heard = demo.transcribe(paths)
-    assert wer(heard, texts) <= 0.7, heard
-    assert wer(heard, texts) <= wer(heard, texts[1:] + texts[:1]) - 0.3, heard  # it said these sentences
+    assert wer(heard, texts) <= 0.35, heard
+    assert wer(heard, texts) <= wer(heard, texts[1:] + texts[:1]) - 0.4, heard  # it said these sentences
 
 
 def test_a_voice_prompt_is_taken(demo):
     [prompted] = demo.synthesize(["the red ball is on the table"], voice_prompts=[CLIPS / "heldout_3.wav"], seed=2)
     assert prompted.shape[1] > 16000 * 0.6
+
+
+def test_decoded_speech_keeps_its_recognisable_codes():
+    """What the recogniser hears of the demo's own speech: RVQ-1 codes of decoded audio, encoded again (63 % on the
+    benchmark's 100 clips; 17.8 % before the decoder's round-trip stage)."""
+    import torch
+
+    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+
+    codec = SpeechTokenizerCodec(config={"n_filters": 12, "dimension": 128, "semantic_dimension": 64,
+                                         "codebook_size": 256, "lstm_layers": 1},
+                                 checkpoint=str(WEIGHTS / "speech_codec.safetensors"), decoder=None)
+    kept = []
+    for i in range(4):
+        audio = torch.from_numpy(soundfile.read(CLIPS / f"heldout_{i}.wav", dtype="float32")[0])[None, None]
+        with torch.inference_mode():
+            codes = codec.model.encode(audio)
+            again = codec.model.encode(codec.model.decode(codes)[..., : audio.shape[-1]], n_q=1)
+        n = min(again.shape[-1], codes.shape[-1])
+        kept.append(float((again[0, 0, :n] == codes[0, 0, :n]).float().mean()))
+    assert sum(kept) / 4 >= 0.5, kept
+
