@@ -10,15 +10,13 @@ generated, not re-parsed text.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from anygpt import AnyGPTError
-from anygpt.lm.decoding.grammar import span_ranges
-from anygpt.lm.decoding.presets import GenerationPreset
+from anygpt.lm.decoding.grammar import ReplyGrammar  # noqa: F401  (its home before the decoding room)
 from anygpt.tokenizers.vocab import TokenRange
 from anygpt.tokenizers.base import check_span, complete_length
 
@@ -91,80 +89,6 @@ def chat_prompt_ids(tokenizer, history: Sequence[tuple[str, str | Sequence[int]]
             ids += tokenizer.encode("<eos>\n", bos=False)
     return ids + tokenizer.encode_template("[Human]: {user}<eoh>\n[MMGPT]:", bos=False,
                                            user=_message(tokenizer, message))
-
-
-class ReplyGrammar:
-    """What a chat reply may generate next: text, media spans in any order, then a stop token.
-
-    In text, the text pieces, every codec's start tag and the stop ids are allowed; a start tag opens a span
-    whose codes follow the codec's ``allowed`` and which closes with its end tag once complete. ``preset`` is
-    the sampling preset of the current segment. Modalities in ``require`` must have produced a span before a stop
-    token is allowed (a spoken reply).
-
-    Args:
-        ranges: Token range of each codec modality.
-        codecs: The codecs, by modality.
-        presets: Sampling presets by modality (``text`` for text segments).
-        stop_ids: Ids that end the reply (``<eos>``, ``</s>``).
-        text_ranges: Half-open id ranges of text pieces.
-        require: Modalities the reply must contain.
-        enforce: Apply the grammar; False only watches for stops and tags (to switch presets).
-    """
-
-    def __init__(self, ranges: Mapping[str, TokenRange], codecs: Mapping, presets: Mapping[str, GenerationPreset],
-                 stop_ids: Sequence[int], text_ranges: Sequence[tuple[int, int]], require: Sequence[str] = (),
-                 enforce: bool = True):
-        self.ranges, self.codecs, self.presets = dict(ranges), codecs, presets
-        self.starts = {rng.bos: modality for modality, rng in self.ranges.items()}
-        self.stop_ids, self.enforce = set(stop_ids), enforce
-        self.text_ranges = _without(text_ranges, self.stop_ids)  # stops are added back only when allowed
-        self.require = set(require)
-        self.done: Counter = Counter()
-        self.state, self.modality, self.span_codes = "text", None, 0
-        self.preset = presets["text"]
-
-    @property
-    def finished(self) -> bool:
-        return self.state == "done"
-
-    def allowed(self) -> list[tuple[int, int]] | None:
-        if not self.enforce or self.finished:
-            return None
-        if self.state == "text":
-            spans = self.text_ranges + [(i, i + 1) for i in self.starts]
-            if all(self.done[m] for m in self.require):
-                spans += [(i, i + 1) for i in self.stop_ids]
-            return spans
-        return span_ranges(self.ranges[self.modality], self.codecs[self.modality], self.span_codes)
-
-    def blocked_stops(self) -> list[int]:
-        return []
-
-    def step(self, token: int) -> None:
-        if self.state == "text":
-            if token in self.stop_ids:
-                self.state = "done"
-            elif token in self.starts:
-                self.state, self.modality, self.span_codes = "span", self.starts[token], 0
-                self.preset = self.presets.get(self.modality, self.presets["text"])
-        elif token == self.ranges[self.modality].eos:
-            self.done[self.modality] += 1
-            self.state, self.modality, self.preset = "text", None, self.presets["text"]
-        elif token in self.stop_ids and not self.enforce:
-            self.state = "done"
-        else:
-            self.span_codes += 1
-
-
-def _without(ranges: Sequence[tuple[int, int]], ids: set[int]) -> list[tuple[int, int]]:
-    """Half-open ranges with the given ids cut out."""
-    out = []
-    for low, high in ranges:
-        for i in sorted(i for i in ids if low <= i < high):
-            out.append((low, i))
-            low = i + 1
-        out.append((low, high))
-    return [(low, high) for low, high in out if low < high]
 
 
 @dataclass

@@ -12,7 +12,8 @@ import torch
 
 from anygpt import AnyGPTError
 from anygpt.data.chat import ChatTurn, Conversation
-from anygpt.lm.chat import ReplyGrammar, chat_prompt_ids, parse_reply, user_message
+from anygpt.lm.chat import chat_prompt_ids, parse_reply, user_message
+from anygpt.lm.decoding.grammar import ReplyGrammar
 from anygpt.messages import one_line
 from anygpt.tokenizers.base import decode_options, encode_voice_prompt
 

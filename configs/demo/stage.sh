@@ -7,7 +7,9 @@
 #                 (configs/demo/speech_decoder.yaml); ship it with `python -m anygpt.demo.ship --parts speech_decoder`
 #   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
 #   tokenize      corpus; its RVQ-1 token shards by the codec, data/demo/shards/{train,val}
-#                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~18 items/s a core)
+#                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~7 items/s a core).
+#                 Finished shards are kept, so a stopped run goes on where it stopped; DEMO_RETOKENIZE=1 starts over
+#                 (after the codec's encoder changed: the speech_decoder stage leaves the codes as they were)
 #   lm            the text tokenizer (runs/demo/tokenizer); train the LM on the shards (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
@@ -65,7 +67,7 @@ case "$stage" in
   speech_decoder) corpus; fit configs/demo/speech_decoder.yaml speech_decoder; pack speech_decoder ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
   tokenize)
-    corpus; rm -rf data/demo/shards; tokenize
+    corpus; if [ "${DEMO_RETOKENIZE:-0}" = 1 ]; then rm -rf data/demo/shards; fi; tokenize
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anygpt.lm.chat import ReplyGrammar
+from anygpt.lm.decoding.grammar import ReplyGrammar
 from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
 from anygpt.lm.decoding.gpu_grammar import GrammarTensors
