@@ -336,11 +336,15 @@ def fast_generate_stream(model, prompts: Sequence[Sequence[int]], presets, gramm
                          stream: bool = True) -> Iterator[list[list[int]]] | None:
     """``fast_generate`` as it goes: per row, the ids generated since the last yield, at every ``sync_every``-th
     step (where the host looks at the state anyway); ``stream=False`` yields once, at the end. None when the
-    grammars cannot run as tensors."""
+    grammars cannot run as tensors. Rows are all span grammars or all chat reply grammars (``ReplyGrammar``: each
+    segment of a reply samples with its own preset, as in the plain loop)."""
     from anygpt.lm.decoding.gpu_grammar import GrammarTensors
+    from anygpt.lm.decoding.gpu_reply import ReplyTensors
+    from anygpt.lm.decoding.grammar import ReplyGrammar
 
-    device = next(model.parameters()).device
-    table = GrammarTensors.from_grammars(list(grammars), model.config.vocab_size, device)
+    device, rows = next(model.parameters()).device, list(grammars)
+    replies = bool(rows) and all(type(g) is ReplyGrammar for g in rows)
+    table = (ReplyTensors if replies else GrammarTensors).from_grammars(rows, model.config.vocab_size, device)
     return None if table is None else _fast_steps(model, table, prompts, presets, seeds, pad_id, sync_every, graphs,
                                                   stream)
 
@@ -357,8 +361,10 @@ def _fast_steps(model, table, prompts, presets, seeds, pad_id, sync_every, graph
     static = loop.static
     tokens, valid, positions = (t.to(device) for t in left_padded(prompts, static.length, pad_id))
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)
-    loop.load(table, sampling_tensors(presets, device), seeds_t, budgets, valid, positions[:, -1], width,
-              filter_width(presets, model.config.vocab_size))
+    segments = getattr(table, "presets", [])
+    params = table.segment_params(batch, device) if segments else sampling_tensors(presets, device)
+    loop.load(table, params, seeds_t, budgets, valid, positions[:, -1], width,
+              filter_width([*presets, *segments], model.config.vocab_size))
     loop.seen.scatter_reduce_(1, tokens, valid[:, :width].to(torch.uint8), reduce="amax")
     loop.choose(static.prefill(tokens, positions, loop.valid))
     sent = [0] * batch

@@ -177,3 +177,7 @@ class GrammarTensors:
     def finished(self) -> torch.Tensor:
         """``[B]`` bool, True for the rows that are done."""
         return self.phase == DONE
+
+    def row_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The sampling tensors of this step: one preset per row, so ``params`` as they are."""
+        return params

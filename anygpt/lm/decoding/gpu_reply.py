@@ -155,3 +155,16 @@ class ReplyTensors:
     def segment(self) -> torch.Tensor:
         """``[B]`` long: the preset each row samples with next, 0 (text) or ``1 + k`` (a span of ``modalities[k]``)."""
         return self.modality + 1
+
+    def row_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The sampling tensors of this step: ``params`` holds ``[B, S]`` tensors, a column per segment preset
+        (``segment_params``); each row takes its current segment's."""
+        segment = self.segment()[:, None]
+        return {name: value.gather(1, segment)[:, 0] for name, value in params.items()}
+
+    def segment_params(self, batch: int, device=None) -> dict[str, torch.Tensor]:
+        """``[B, S]`` sampling tensors of the segment presets (the same for every row), for ``row_params``."""
+        from anygpt.lm.decoding.gpu_sampling import sampling_tensors
+
+        columns = [sampling_tensors([preset] * batch, device) for preset in self.presets]
+        return {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
+from anygpt.lm.decoding.grammar import ReplyGrammar, SpanGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
 
 
@@ -45,8 +45,9 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
              fast: bool | None = None) -> list[list[int]]:
     """Generate for a batch of prompts, each row with its own preset, grammar and seed.
 
-    On CUDA a LLaMA backbone with span grammars runs ``anygpt.lm.decoding.fast.fast_generate`` (static cache, CUDA
-    graphs, sampling on the GPU from counter-based random numbers); elsewhere, and for other grammars, this loop.
+    On CUDA a LLaMA backbone with span or chat reply grammars runs ``anygpt.lm.decoding.fast.fast_generate``
+    (static cache, CUDA graphs, sampling on the GPU from counter-based random numbers); elsewhere, and for other
+    grammars, this loop.
 
     Args:
         model: A HF causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
@@ -137,7 +138,9 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
 
 
 def _fast(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]] | None:
-    if getattr(model.config, "model_type", None) != "llama" or not all(isinstance(g, SpanGrammar) for g in grammars):
+    if getattr(model.config, "model_type", None) != "llama":
+        return None
+    if not (all(type(g) is SpanGrammar for g in grammars) or all(type(g) is ReplyGrammar for g in grammars)):
         return None
     if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
         return None

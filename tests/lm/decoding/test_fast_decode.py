@@ -139,3 +139,35 @@ def test_compiled_pieces_give_the_plain_results(monkeypatch):
     release()
     assert fast_generate(model, prompt, *rows(spec, sample=True), [0]) == plain
     release()
+
+
+def test_chat_replies_on_the_fast_path_equal_the_python_loop():
+    """Reply grammars (text, media spans in any order, a stop once the required spans exist) as tensors: greedy ids
+    equal the plain loop's, each segment sampled with its own preset (speech penalises repeats, music keeps the top 7)."""
+    from anygpt.lm.decoding.grammar import ReplyGrammar
+    from anygpt.lm.decoding.loop import generate
+    from anygpt.lm.decoding.presets import GenerationPreset
+
+    model, layout, _ = tiny_setup(layers=2, seed=1)
+    from generate_speed import setup_vocab
+
+    _, rules = setup_vocab()
+    stops = [2, layout.token_id("<eos>")]
+    speech, music = layout.ranges["speech"], layout.ranges["music"]
+    with torch.no_grad():  # louder tags, so that a random model opens and closes spans
+        for token, scale in [(speech.bos, 4.0), (speech.eos, 6.0), (music.bos, 4.0), (music.eos, 6.0), (stops[1], 3.0)]:
+            model.get_output_embeddings().weight[token] *= scale
+    presets = {"text": GenerationPreset(do_sample=False, max_new_tokens=60),
+               "speech": GenerationPreset(do_sample=False, repetition_penalty=1.3),
+               "music": GenerationPreset(do_sample=False, top_k=7)}
+
+    def replies():
+        return [presets["text"]] * 3, [ReplyGrammar(dict(layout.ranges), rules, presets, stops, [(0, layout.base_size)],
+                                                    require=need) for need in (["speech"], [], ["music"])]
+
+    prompts = [[1, 5, 9, 33], [1, 8], [1, 40, 41, 42]]
+    slow = generate(model, prompts, *replies(), [0, 1, 2], fast=False)
+    fast = generate(model, prompts, *replies(), [0, 1, 2], fast=True)
+    assert fast == slow
+    assert slow[0].count(speech.bos) == slow[0].count(speech.eos) >= 2 and slow[0].count(music.eos) >= 2
+    assert slow[1][0] == speech.bos and slow[1][-1] in stops  # a spoken reply, then the stop
