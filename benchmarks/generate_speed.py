@@ -7,6 +7,8 @@ run of the same shape (CUDA graphs captured, caches warm):
 - ours, python loop: ``anygpt.lm.decoding.loop.generate`` (dynamic cache, host-side grammar and sampling), batch 1;
 - ours, fast: ``anygpt.lm.decoding.fast.fast_generate`` (static cache, CUDA graphs, grammar and sampling on the
   GPU) at batch 1, 8, 16, 32 and 64, rows with mixed targets and presets (speech, music, text);
+- chat replies through the same fast path (the reply grammar on the GPU, each segment with its preset) at batch 1
+  and 8, and their ratio to the fast rows above (``chat_vs_predict``);
 - a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path, and the spoken
   reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights);
 - prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token;
@@ -219,6 +221,26 @@ def main() -> None:
         fast_rows(batch, "ours: fast (static cache, graphs, GPU grammar)")
         if batch == 1 and args.profile and dev == "cuda":
             profile_step(fast_decode._CACHED["loop"])
+
+    def chat_rows(batch):  # chat replies (reply grammar: text, spans, per-segment presets) on the same fast path
+        from anygpt.lm.decoding.grammar import ReplyGrammar
+        from anygpt.lm.decoding.presets import DEFAULT_PRESETS, GenerationPreset
+
+        text = GenerationPreset(**DEFAULT_PRESETS["text"].__dict__ | {"do_sample": True, "max_new_tokens": n})
+        presets = {"text": text, **{m: DEFAULT_PRESETS[m] for m in rules if m in DEFAULT_PRESETS}}
+
+        def run():
+            grammars = [ReplyGrammar(layout.ranges, rules, presets, stops, [(0, 32000)]) for _ in range(batch)]
+            return fast_generate(model, [prompt] * batch, [text] * batch, grammars, list(range(batch)))
+        timed(run, dev)
+        seconds, out = timed(run, dev)
+        assert out is not None, "chat replies did not take the fast path"
+        add("ours: chat replies, fast (reply grammar)", batch, seconds, sum(map(len, out)))
+        predict = next(r for r in results["rows"] if r["batch"] == batch and r["what"].startswith("ours: fast (static"))
+        results.setdefault("chat_vs_predict", {})[batch] = results["rows"][-1]["tokens_per_s"] / predict["tokens_per_s"]
+
+    for batch in [b for b in args.batches if b in (1, 8, 4)]:
+        chat_rows(batch)
 
     for what, target, tokens in (("spoken reply, 250 speech codes", "speech", 252), ("text->image, 32 codes", "image", 34)):
         preset, grammar = job(layout, rules, target, tokens, stops)
