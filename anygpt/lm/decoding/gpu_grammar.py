@@ -47,6 +47,14 @@ def _end_rule(codec) -> int | None:
     return None
 
 
+def token_in(ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: is each row's token among the ids marked in ``ids`` (``[B, V]`` or ``[1, V]`` bool)? A token
+    outside the vocabulary is not."""
+    vocab = ids.shape[1]
+    inside = (tokens >= 0) & (tokens < vocab)
+    return ids.expand(len(tokens), -1).gather(1, tokens.clamp(0, vocab - 1)[:, None])[:, 0] & inside
+
+
 class GrammarTensors:
     """The state and rules of one ``SpanGrammar`` per row, as tensors on one device.
 
@@ -158,10 +166,8 @@ class GrammarTensors:
             tokens: ``[B]`` long, the generated token of each row.
             live: ``[B]`` bool, the rows that generated a token this step.
         """
-        vocab = self.vocab_ids.shape[1]
         tokens = tokens.long()
-        inside = (tokens >= 0) & (tokens < vocab)
-        stop = self.stops.gather(1, tokens.clamp(0, vocab - 1)[:, None])[:, 0] & inside
+        stop = token_in(self.stops, tokens)
         phase = self.phase
         opens = (phase == LEAD) & (tokens == self.bos)
         lead_stop = (phase == LEAD) & ~opens & ~self.enforce & stop

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from anygpt.lm.decoding.gpu_grammar import _end_rule, _layer_table
+from anygpt.lm.decoding.gpu_grammar import _end_rule, _layer_table, token_in
 from anygpt.lm.decoding.grammar import ReplyGrammar
 
 TEXT, SPAN, DONE = 0, 2, 3  # the phases of gpu_grammar (a reply has no lead-in)
@@ -128,11 +128,8 @@ class ReplyTensors:
             tokens: ``[B]`` long, the generated token of each row.
             live: ``[B]`` bool, the rows that generated a token this step.
         """
-        vocab = self.vocab_ids.shape[1]
         tokens = tokens.long()
-        clipped = tokens.clamp(0, vocab - 1)[:, None]
-        inside = (tokens >= 0) & (tokens < vocab)
-        stop = self.stops.expand(len(tokens), -1).gather(1, clipped)[:, 0] & inside
+        stop = token_in(self.stops, tokens)
         opened = (tokens[:, None] == self.bos[None, :])  # [B, M]
         opens = opened.any(dim=1) & ~stop
         closes = (self.phase == SPAN) & (tokens == self._of_open(self.eos))
