@@ -137,11 +137,11 @@ class ChatShell:
         if growing is None:
             self.writer.output_dir.mkdir(parents=True, exist_ok=True)
             return self.writer.write_media(stem, event["media"], event.get("sample_rate"))
-        import soundfile
+        from anygpt.writers import write_wav
 
         path, wav = growing
         wav.close()
-        soundfile.write(path, event["media"][0].clamp(-1, 1).numpy(), int(event["sample_rate"]), subtype="PCM_16")
+        write_wav(path, event["media"], event["sample_rate"])  # the whole span's decode over the streamed chunks
         return path
 
 

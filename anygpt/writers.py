@@ -123,17 +123,22 @@ class MediaWriter(BasePredictionWriter):
             with handle:
                 media.convert("RGB").save(handle, format="JPEG", quality=95)
             return path
-        import numpy as np
-        import soundfile
-
         if not sample_rate:
             raise ValueError("audio output without a sample rate")
-        audio = media.detach().float().cpu().numpy()
-        audio = audio.reshape(-1, audio.shape[-1]).T if audio.ndim > 1 else audio
         path, handle = create_unique(self.output_dir, stem, ".wav")
         with handle:
-            soundfile.write(handle, np.clip(audio, -1.0, 1.0), int(sample_rate), format="WAV", subtype="PCM_16")
+            write_wav(handle, media, sample_rate)
         return path
+
+
+def write_wav(target, waveform, sample_rate: int) -> None:
+    """A waveform tensor (``[L]`` or ``[C, L]``, clipped to [-1, 1]) as 16-bit WAV into a path or binary file."""
+    import numpy as np
+    import soundfile
+
+    audio = waveform.detach().float().cpu().numpy()
+    audio = audio.reshape(-1, audio.shape[-1]).T if audio.ndim > 1 else audio
+    soundfile.write(target, np.clip(audio, -1.0, 1.0), int(sample_rate), format="WAV", subtype="PCM_16")
 
 
 def _content_hint(response: dict) -> str:
