@@ -17,6 +17,7 @@ from anygpt.cli_classes import model_cli_class, tokenize_cli_class
 
 USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat} --config CONFIG.yaml [--section.key VALUE ...]
        anygpt export --ckpt_path CKPT --output_dir DIR [--max_shard_size 5GB] [--dtype bfloat16]
+       anygpt codecs
 
 AnyGPT: one language model that reads and writes text, speech, image and music tokens.
 
@@ -28,6 +29,7 @@ subcommands:
   tokenize   encode a corpus (manifest of media + text) into token shards, resumable, on CPU or N GPUs
   chat       talk to the model interactively: type messages, attach image/speech/music files, hear replies
   export     write a fit checkpoint as a Hugging Face folder (config, safetensors, tokenizer)
+  codecs     list the installed codecs (entry points "anygpt.codecs"), which configs may name: class_path: speech
 
 examples:
   anygpt predict --config configs/tiny.yaml
@@ -94,6 +96,10 @@ def main(args: list[str] | None = None) -> None:
 
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
             run_chat(argv[1:])
+        elif argv[0] == "codecs":
+            from anygpt.tokenizers.registry import describe
+
+            print(describe())
         elif argv[0] == "export":
             from anygpt.lm.export import main as export_main
 

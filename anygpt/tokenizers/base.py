@@ -156,13 +156,23 @@ def _check_grammar(codec: ModalityCodec, codes: torch.Tensor) -> torch.Tensor:
 
 
 def instantiate(spec: Any) -> Any:
-    """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), else as is.
+    """A codec from ``{class_path, init_args}`` (left as a spec when the CLI could not build it), or from the name
+    it is registered under (``class_path: audio``, or the bare string ``audio``: ``anygpt.tokenizers.registry``),
+    else as is.
 
     Building it here lets the codec's own error (missing weights, say) reach the user unchanged.
     """
     if hasattr(spec, "as_dict"):
         spec = spec.as_dict()
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
     if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module), name)(**dict(spec.get("init_args") or {}))
+        module, _, name = str(spec["class_path"]).rpartition(".")
+        if module:
+            cls = getattr(importlib.import_module(module), name)
+        else:
+            from anygpt.tokenizers.registry import codec_class
+
+            cls = codec_class(name)
+        return cls(**dict(spec.get("init_args") or {}))
     return spec
