@@ -108,6 +108,37 @@ def test_parse_span_reports_grammar_breaks(model):
         model.parse_span("music", [5, 6, 7])
 
 
+def test_a_plugin_modality_lands_after_the_released_ids(tmp_path, music_codec):
+    """A released-vocabulary model (image, speech, music blocks) plus a plug-in codec: the plug-in's block comes
+    after every released id, which keep their ids and embeddings; the new rows are appended."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = TextTokenizer.tiny()
+    layout = VocabLayout(len(tok))
+    for spec in [("image", "👀", 8192, "<soim>", "<eoim>"), ("speech", "🗣️", 1024, "<sosp>", "<eosp>"),
+                 ("music", "🎶", 8192, "<somu>", "<eomu>")]:
+        layout.register(*spec)
+    tok.add_tokens(layout.token_strings())
+    folder = tmp_path / "AnyGPT-base"
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    released = LlamaForCausalLM(LlamaConfig(vocab_size=len(layout), **BACKBONE))
+    released.save_pretrained(folder)
+    text = "<somu><🎶5><eomu> [MMGPT]: <eos>"
+    before = TextTokenizer.from_pretrained(str(folder)).encode(text, bos=False)
+
+    model = UnifiedLM(backbone=str(folder), codecs={"music": music_codec, "toy": ToyCodec()}, generation=SMALL)
+    toy = model.layout.ranges["toy"]
+    assert toy.start == len(layout) and toy.eos == len(layout) + 17 == len(model.layout) - 1
+    assert model.layout.ranges["music"] == layout.ranges["music"]
+    assert model.tokenizer.encode(text, bos=False) == before
+    weights = model.backbone.get_input_embeddings().weight
+    assert weights.shape[0] == len(layout) + 18
+    assert torch.equal(weights[:len(layout)], released.get_input_embeddings().weight)
+    out = model.predict_step([parse_line("text|toy|four codes", 0)])
+    assert out[0]["status"] == "ok" and out[0]["codes"] == 4, out
+
+
 def test_released_layout_is_read_from_the_tokenizer(tmp_path, music_codec):
     """A folder laid out like fnlp/AnyGPT-base (tokenizer with image, speech, music blocks + LlamaForCausalLM)."""
     from transformers import LlamaConfig, LlamaForCausalLM
