@@ -53,12 +53,8 @@ def stream_state(model, state: ReplyState, max_reply_tokens: int | None = None, 
             finish_reply(model, job, generated)
             continue
         events = ReplyEvents(model, seed, state.voice, chunk, context, lookahead)
-        generated: list[int] = []
-        for new in generate_stream(model.backbone, [job.prompt], [preset], [job.grammar], [seed], pad_id=pad):
-            for token in new[0]:
-                generated.append(token)
-                yield from events.feed(token)
-        yield from events.close()
+        generated = yield from events.follow(generate_stream(model.backbone, [job.prompt], [preset], [job.grammar],
+                                                             [seed], pad_id=pad))
         finish_reply(model, job, generated, events.decoded)
         yield {"type": "done", "reply": response["replies"][-1]}
         return
@@ -113,6 +109,16 @@ class ReplyEvents:
             self.codes.append(int(self.ranges[self.modality].from_lm([token])[0]))
             for wav in self.chunker.push(self.codes[-1]) if self.chunker else ():
                 yield self._audio(wav)
+
+    def follow(self, steps: Iterator[list[list[int]]]) -> Iterator[dict]:
+        """The events of a one-row ``generate_stream`` while it runs, then ``close``'s; returns the generated ids."""
+        generated: list[int] = []
+        for new in steps:
+            for token in new[0]:
+                generated.append(token)
+                yield from self.feed(token)
+        yield from self.close()
+        return generated
 
     def close(self) -> Iterator[dict]:
         """Events of what the budget cut: the open text run, or an open span's complete prefix."""
@@ -178,12 +184,7 @@ def stream_request(model, request, chunk: int = 25, context: int = 50, lookahead
         response["voice_prompt"] = request.voice_prompt
     prompt, preset, grammar, options = model._prepare(request, response)
     events = ReplyEvents(model, request.seed, None, chunk, context, lookahead, options=options)
-    generated: list[int] = []
-    for new in generate_stream(model.backbone, [prompt], [preset], [grammar], [request.seed],
-                               pad_id=model.tokenizer.pad_id):
-        for token in new[0]:
-            generated.append(token)
-            yield from events.feed(token)
-    yield from events.close()
+    generated = yield from events.follow(generate_stream(model.backbone, [prompt], [preset], [grammar], [request.seed],
+                                                         pad_id=model.tokenizer.pad_id))
     model._finish(request, response, generated, options, events.decoded)  # the span decoded once
     yield {"type": "done", "response": response}
