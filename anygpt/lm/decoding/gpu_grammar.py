@@ -47,6 +47,32 @@ def _end_rule(codec) -> int | None:
     return None
 
 
+def layer_ranges(tables: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lows``, ``highs`` ``[N, W]`` long of N layer tables (``(low, high)`` per layer), zero-padded to the widest."""
+    width = max((len(t) for t in tables), default=1)
+    lows = torch.zeros(len(tables), width, dtype=torch.long)
+    highs = torch.zeros(len(tables), width, dtype=torch.long)
+    for i, table in enumerate(tables):
+        lows[i, :len(table)] = torch.tensor([low for low, _ in table])
+        highs[i, :len(table)] = torch.tensor([high for _, high in table])
+    return lows, highs
+
+
+def span_rule(ids: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, lows: torch.Tensor, highs: torch.Tensor,
+              layers: torch.Tensor, span_length: torch.Tensor,
+              end_every: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inside a span that holds ``codes [B]`` codes: the code ids legal next ``[B, V]``, whether the span may end
+    here ``[B]`` and whether it is full ``[B]``, from each row's codec rule (``start`` of its code block, layer
+    table ``lows``/``highs [B, W]`` of ``layers`` entries, ``span_length`` or -1, ``end_every``: 0 ends exactly at
+    ``span_length``, m > 0 after any positive multiple of m)."""
+    full = (span_length >= 0) & (codes >= span_length)
+    layer = (codes % layers)[:, None]
+    low, high = start[:, None] + lows.gather(1, layer), start[:, None] + highs.gather(1, layer)
+    legal = (ids >= low) & (ids < high) & ~full[:, None]
+    can_end = torch.where(end_every > 0, (codes > 0) & (codes % end_every.clamp(min=1) == 0), codes == span_length)
+    return legal, can_end, full
+
+
 def token_in(ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``[B]`` bool: is each row's token among the ids marked in ``ids`` (``[B, V]`` or ``[1, V]`` bool)? A token
     outside the vocabulary is not."""
@@ -90,7 +116,7 @@ class GrammarTensors:
                 if table is None or end_every is None:
                     return None
             rows.append((g, table, end_every))
-        batch, width = len(rows), max((len(t) for _, t, _ in rows), default=1)
+        batch = len(rows)
 
         def ids_mask(id_lists):
             out = torch.zeros(batch, vocab_size, dtype=torch.bool)
@@ -105,11 +131,7 @@ class GrammarTensors:
                 text[i] = False
                 for low, high in g.text_ranges:
                     text[i, max(low, 0):max(high, 0)] = True
-        lows = torch.zeros(batch, width, dtype=torch.long)
-        highs = torch.zeros(batch, width, dtype=torch.long)
-        for i, (_, table, _) in enumerate(rows):
-            lows[i, :len(table)] = torch.tensor([low for low, _ in table])
-            highs[i, :len(table)] = torch.tensor([high for _, high in table])
+        lows, highs = layer_ranges([table for _, table, _ in rows])
 
         def column(values, dtype=torch.long):
             return torch.tensor(list(values), dtype=dtype)
@@ -144,14 +166,8 @@ class GrammarTensors:
         """``[B, V]`` bool, True where a token is legal next: ``SpanGrammar.allowed()`` less ``blocked_stops()``."""
         ids, phase = self.vocab_ids, self.phase[:, None]
         lead = (ids == self.bos[:, None]) | (self.lead_ids & (self.lead_in < self.max_lead_in)[:, None])
-        full = (self.span_length >= 0) & (self.span_codes >= self.span_length)
-        layer = (self.span_codes % self.layers)[:, None]
-        low = self.start[:, None] + self.lows.gather(1, layer)
-        high = self.start[:, None] + self.highs.gather(1, layer)
-        codes = (ids >= low) & (ids < high) & ~full[:, None]
-        every = self.end_every.clamp(min=1)
-        can_end = torch.where(self.end_every > 0, (self.span_codes > 0) & (self.span_codes % every == 0),
-                              self.span_codes == self.span_length)
+        codes, can_end, full = span_rule(ids, self.span_codes, self.start, self.lows, self.highs, self.layers,
+                                         self.span_length, self.end_every)
         close = can_end & (full | (self.generated >= self.min_new_tokens))
         span = codes | ((ids == self.eos[:, None]) & close[:, None])
         rule = torch.where(phase == TEXT, self.text, torch.where(phase == LEAD, lead, span))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from anygpt.lm.decoding.gpu_grammar import _end_rule, _layer_table, token_in
+from anygpt.lm.decoding.gpu_grammar import _end_rule, _layer_table, layer_ranges, span_rule, token_in
 from anygpt.lm.decoding.grammar import ReplyGrammar
 
 TEXT, SPAN, DONE = 0, 2, 3  # the phases of gpu_grammar (a reply has no lead-in)
@@ -64,7 +64,6 @@ class ReplyTensors:
                     return None
                 table, every = [(0, 0)], 1
             rules.append((table, every))
-        count, width = len(modalities), max(len(t) for t, _ in rules)
         ranges = [first.ranges[m] for m in modalities]
 
         def ids_mask(ids) -> torch.Tensor:
@@ -75,11 +74,7 @@ class ReplyTensors:
         text = torch.zeros(vocab_size, dtype=torch.bool)
         for low, high in first.text_ranges:
             text[max(low, 0):max(high, 0)] = True
-        lows = torch.zeros(count, width, dtype=torch.long)
-        highs = torch.zeros(count, width, dtype=torch.long)
-        for k, (table, _) in enumerate(rules):
-            lows[k, :len(table)] = torch.tensor([low for low, _ in table])
-            highs[k, :len(table)] = torch.tensor([high for _, high in table])
+        lows, highs = layer_ranges([table for table, _ in rules])
         index = {m: k for k, m in enumerate(modalities)}
         span_length = [first.codecs[m].span_length for m in modalities]
         tensors = dict(
@@ -109,15 +104,10 @@ class ReplyTensors:
         ids, k = self.vocab_ids, self.modality.clamp(min=0)
         complete = ((self.spans > 0) | ~self.require).all(dim=1)
         text = self.text | self.opens | (self.stops & complete[:, None])
-        span_length, codes = self._of_open(self.span_length), self.span_codes
-        full = (span_length >= 0) & (codes >= span_length)
-        layer = (codes % self._of_open(self.layers))[:, None]
-        start = self._of_open(self.start)[:, None]
-        low, high = start + self.lows[k].gather(1, layer), start + self.highs[k].gather(1, layer)
-        every = self._of_open(self.end_every)
-        can_end = torch.where(every > 0, (codes > 0) & (codes % every.clamp(min=1) == 0), codes == span_length)
-        span = ((ids >= low) & (ids < high) & ~full[:, None]) | ((ids == self._of_open(self.eos)[:, None])
-                                                                  & can_end[:, None])
+        codes, can_end, _ = span_rule(ids, self.span_codes, self._of_open(self.start), self.lows[k], self.highs[k],
+                                      self._of_open(self.layers), self._of_open(self.span_length),
+                                      self._of_open(self.end_every))
+        span = codes | ((ids == self._of_open(self.eos)[:, None]) & can_end[:, None])
         rule = torch.where((self.phase == TEXT)[:, None], text, span)
         return rule | (~self.enforce | (self.phase == DONE))[:, None]
 
