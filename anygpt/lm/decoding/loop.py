@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from anygpt.lm.decoding.grammar import ReplyGrammar, SpanGrammar, _grammar_mask
+from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
 
 
@@ -140,10 +140,8 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
 def _fast(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]] | None:
     if getattr(model.config, "model_type", None) != "llama":
         return None
-    if not (all(type(g) is SpanGrammar for g in grammars) or all(type(g) is ReplyGrammar for g in grammars)):
-        return None
     if hasattr(model, "peft_config"):  # unmerged LoRA adapters: StaticLlama reads plain LLaMA weights
         return None
-    from anygpt.lm.decoding.fast import fast_generate_stream
+    from anygpt.lm.decoding.fast import fast_generate_stream  # None where the grammars cannot run as tensors
 
     return fast_generate_stream(model, prompts, presets, grammars, seeds, pad_id=pad_id, stream=stream)
