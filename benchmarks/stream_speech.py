@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,14 +41,10 @@ def main() -> None:
     import torchaudio
 
     from anygpt.demo.heldout import read, speak
-    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+    from anygpt.demo.session import DemoSession
     from anygpt.tokenizers.streaming import ChunkedDecoder
 
-    weights = Path("anygpt/demo/weights")
-    codec = SpeechTokenizerCodec(config={"n_filters": 12, "dimension": 128, "semantic_dimension": 64,
-                                         "codebook_size": 256, "lstm_layers": 1},
-                                 checkpoint=str(weights / "speech_codec.safetensors"),
-                                 decoder=str(weights / "soundstorm.safetensors")).to(args.device)
+    codec = DemoSession().model.codecs["speech"].to(args.device)  # configs/demo.yaml's codec and SoundStorm
     mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=256, n_mels=80)
     codes = [codec.encode([(torch.from_numpy(speak(line)[0])[None], 16000)])[0] for line in
              read(modality="speech")[:args.clips]]

@@ -64,16 +64,12 @@ def test_a_voice_prompt_is_taken(demo):
     assert prompted.shape[1] > 16000 * 0.6
 
 
-def test_decoded_speech_keeps_its_recognisable_codes():
+def test_decoded_speech_keeps_its_recognisable_codes(demo):
     """What the recogniser hears of the demo's own speech: RVQ-1 codes of decoded audio, encoded again (63 % on the
     benchmark's 100 clips; 17.8 % before the decoder's round-trip stage)."""
     import torch
 
-    from anygpt.tokenizers.speech import SpeechTokenizerCodec
-
-    codec = SpeechTokenizerCodec(config={"n_filters": 12, "dimension": 128, "semantic_dimension": 64,
-                                         "codebook_size": 256, "lstm_layers": 1},
-                                 checkpoint=str(WEIGHTS / "speech_codec.safetensors"), decoder=None)
+    codec = demo.model.codecs["speech"]
     kept = []
     for i in range(4):
         audio = torch.from_numpy(soundfile.read(CLIPS / f"heldout_{i}.wav", dtype="float32")[0])[None, None]
