@@ -81,6 +81,16 @@ def _rows():
     ]
 
 
+def random_legal_tokens(mask, tags, chances, gen):
+    """One legal token per row of ``mask``: with the row's chance one of the ``tags`` it allows, else any it allows."""
+    tokens = torch.empty(len(mask), dtype=torch.long)
+    for i, (row, chance) in enumerate(zip(mask, chances)):
+        forced = tags[row[tags]]
+        legal = forced if len(forced) and torch.rand(1, generator=gen) < chance else row.nonzero()[:, 0]
+        tokens[i] = legal[torch.randint(len(legal), (1,), generator=gen)]
+    return tokens
+
+
 def _python_mask(grammars):
     mask = _grammar_mask(grammars, VOCAB, "cpu")
     return torch.ones(len(grammars), VOCAB, dtype=torch.bool) if mask is None else mask
@@ -114,11 +124,7 @@ def test_mask_and_state_follow_the_python_grammar(seed):
             assert torch.equal(GrammarTensors.from_grammars(grammars, VOCAB, "cpu").mask(), expected)
         if all(g.finished for g in grammars):
             break
-        tokens = torch.empty(len(grammars), dtype=torch.long)
-        for i, row in enumerate(expected):
-            forced = special[row[special]]
-            legal = forced if len(forced) and torch.rand(1, generator=gen) < 0.15 else row.nonzero()[:, 0]
-            tokens[i] = legal[torch.randint(len(legal), (1,), generator=gen)]
+        tokens = random_legal_tokens(expected, special, [0.15] * len(grammars), gen)
         live = ~gt.finished() & (torch.rand(len(grammars), generator=gen) < 0.9)
         for g, token, on in zip(grammars, tokens.tolist(), live.tolist()):
             if on:

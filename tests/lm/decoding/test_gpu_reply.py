@@ -9,7 +9,7 @@ from anygpt.lm.decoding.gpu_reply import ReplyTensors
 from anygpt.lm.decoding.grammar import ReplyGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
 from tests.lm.decoding.test_gpu_grammar import (IMAGE, MUSIC, SMALL, SPEECH, STOPS, VOCAB, ImageLike, Irregular,
-                                                MusicLike, SpeechLike, ThreeSlots)
+                                                MusicLike, SpeechLike, ThreeSlots, random_legal_tokens)
 
 RANGES = {"image": IMAGE, "speech": SPEECH, "music": MUSIC, "small": SMALL}
 CODECS = {"image": ImageLike(), "speech": SpeechLike(), "music": MusicLike(), "small": ThreeSlots()}
@@ -64,12 +64,8 @@ def test_mask_state_and_segment_follow_the_python_grammar(seed):
             assert torch.equal(ReplyTensors.from_grammars(grammars, VOCAB, "cpu").mask(), expected)
         if all(g.finished for g in grammars):
             break
-        tokens = torch.empty(len(grammars), dtype=torch.long)
-        for i, row in enumerate(expected):
-            forced = tags[row[tags]]
-            chance = 0.3 if grammars[i].state == "text" else 0.04  # open spans often, close them sometimes
-            legal = forced if len(forced) and torch.rand(1, generator=gen) < chance else row.nonzero()[:, 0]
-            tokens[i] = legal[torch.randint(len(legal), (1,), generator=gen)]
+        chances = [0.3 if g.state == "text" else 0.04 for g in grammars]  # open spans often, close them sometimes
+        tokens = random_legal_tokens(expected, tags, chances, gen)
         live = ~rt.finished() & (torch.rand(len(grammars), generator=gen) < 0.9)
         for g, token, on in zip(grammars, tokens.tolist(), live.tolist()):
             if on:
