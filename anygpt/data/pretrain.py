@@ -103,9 +103,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
             empty = [spec["name"] for spec, data in zip(self.specs, self.train_sets) if not data]
             if empty:
                 raise AnyGPTError(f"no usable records in datasets {empty}")
-            settings = {"seed": self.seed, "block_size": self.block_size, "examples_per_epoch": self.examples_per_epoch,
-                        "datasets": [{k: spec[k] for k in ("name", "weight", "to_text_prob")} for spec in self.specs]}
-            self.stream = StreamState([f for spec in self.specs for f in spec["files"]], settings)
+            self.stream = StreamState([f for spec in self.specs for f in spec["files"]], self.stream_settings())
         if stage in ("fit", "validate"):
             if stage == "validate" and not self.val_specs:
                 raise AnyGPTError("data.val_datasets is empty: validate needs at least one dataset")
@@ -115,6 +113,15 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         tasks = {task for data in self.train_sets for _, task in data}
         tasks |= {task for block in self.val_blocks for _, task in block}
         self.task_names = sorted(tasks)
+
+    def stream_settings(self) -> dict:
+        """What shapes the training stream besides its files, as a resumed fit must find it again (``code_noise``
+        only where it is used, so checkpoints from before it resume)."""
+        keys = ("name", "weight", "to_text_prob")
+        datasets = [{**{k: spec[k] for k in keys}, **({"code_noise": spec["code_noise"]} if spec["code_noise"] else {})}
+                    for spec in self.specs]
+        return {"seed": self.seed, "block_size": self.block_size, "examples_per_epoch": self.examples_per_epoch,
+                "datasets": datasets}
 
     def train_blocks(self, epoch: int) -> list[list[tuple[list[int], str]]]:
         """The packed blocks of one epoch (a deterministic function of ``seed`` and ``epoch``)."""

@@ -81,6 +81,24 @@ def test_mixture_follows_weights_and_directions_and_reports_bad_lines(model):
     assert any("music_train.jsonl:7:" in p for p in dm.problems)
 
 
+def test_code_noise_is_part_of_the_stream_a_resume_checks():
+    from anygpt import AnyGPTError
+    from anygpt.data.pretrain import PretrainDataModule
+    from anygpt.data.resumable import StreamState
+
+    def settings(**noise):
+        return PretrainDataModule(datasets=[{"files": [str(DATA / "music_val.jsonl")], "to_text_prob": 1.0,
+                                             **noise}]).stream_settings()
+
+    assert settings()["datasets"] == [{"name": "datasets0", "weight": 1.0, "to_text_prob": 1.0}]  # as before it
+    assert settings(code_noise=0.1)["datasets"][0]["code_noise"] == 0.1
+    for saved, now in [({}, {"code_noise": 0.1}), ({"code_noise": 0.1}, {}), ({"code_noise": 0.1}, {"code_noise": 0.2})]:
+        state = StreamState([], settings(**saved)).state_dict()
+        with pytest.raises(AnyGPTError, match="data setting datasets was"):
+            StreamState([], settings(**now)).load_state_dict(state)
+    StreamState([], settings(code_noise=0.1)).load_state_dict(StreamState([], settings(code_noise=0.1)).state_dict())
+
+
 def test_sft_labels_cover_exactly_the_assistant_answers(model):
     tok, layout = model.tokenizer, model.layout
     eos, answer_start = layout.token_id("<eos>"), layout.token_id("[MMGPT]")
