@@ -104,7 +104,7 @@ class ChatShell:
             kind = event["type"]
             if kind == "text":
                 print(event["text"], end="", file=self.stdout, flush=True)
-            elif kind == "audio":
+            elif kind == "audio" and "media" not in event:  # a speech chunk, not a finished span of modality "audio"
                 if growing is None:
                     growing = self._open_wav(f"reply{number:03d}_{len(saved)}_speech", event["sample_rate"])
                 growing[1].write(event["audio"][0].clamp(-1, 1).numpy())

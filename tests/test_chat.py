@@ -132,6 +132,25 @@ def test_shell_scripted_through_stdin(model, tmp_path):
     assert all(Path(l.strip()[1:-1].split(": ", 1)[1]).is_file() for l in saved)
 
 
+def test_shell_saves_a_finished_span_of_a_modality_named_audio(model, tmp_path, monkeypatch):
+    """A plug-in modality may be named "audio" (examples/plugins/anygpt-audio): its finished span is saved as a
+    file, not taken for a chunk of streamed speech (whose event type is also "audio")."""
+    import soundfile
+
+    stdout = io.StringIO()
+    shell = ChatShell(model, output_dir=str(tmp_path / "out"), stdin=io.StringIO("Make a sound.\n"), stdout=stdout)
+    events = [{"type": "text", "text": "Here:"},
+              {"type": "audio", "media": torch.zeros(1, 640), "codes": 8, "sample_rate": 24000},
+              {"type": "done", "reply": {"dropped_turns": 0, "truncated": False}}]
+    monkeypatch.setattr(shell.session, "send", lambda *args, **kwargs: iter(events))
+    shell.run()
+    saved = [line.strip()[1:-1].split(": ", 1) for line in stdout.getvalue().splitlines()
+             if line.strip().startswith("[")]
+    assert [kind for kind, _ in saved] == ["audio"], stdout.getvalue()
+    info = soundfile.info(saved[0][1])
+    assert (info.samplerate, info.frames) == (24000, 640)
+
+
 def test_session_history_holds_the_generated_ids(model):
     session = ChatSession(model, seed=2)
     first = session.send("Hello there!")

@@ -7,7 +7,8 @@ Events are dicts with a ``type``:
 - ``audio``: ``{"audio": waveform [1, L], "sample_rate": ...}``, a chunk of a speech span while it is generated
   (``anygpt.tokenizers.streaming.ChunkedDecoder``); a span's chunks join to about its whole decode.
 - ``speech`` / ``image`` / ``music`` (the span's modality): ``{"media": ..., "codes": n}``, a finished span decoded
-  as the whole reply decodes it (``sample_rate`` for audio).
+  as the whole reply decodes it (``sample_rate`` for audio). A plug-in modality named ``audio`` shares its type
+  with the speech chunks: tell them apart by ``media``, which only finished spans carry.
 - ``done``: ``{"reply": ...}``, the reply exactly as ``chat(..., stream=False)`` returns it (a request's:
   ``{"response": ...}``, as ``predict`` writes it).
 

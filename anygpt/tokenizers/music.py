@@ -170,8 +170,8 @@ class EncodecMusicCodec(BaseCodec):
         n, k = codes.numel(), self.num_codebooks
         if not self.can_end(n):
             raise ValueError(
-                f"a music span needs whole frames of {k} codes, got {n}: the frame at position {n - n % k} is "
-                f"incomplete" if n else "a music span of 0 codes is empty"
+                f"a {self.modality} span needs whole frames of {k} codes, got {n}: the frame at position "
+                f"{n - n % k} is incomplete" if n else f"a {self.modality} span of 0 codes is empty"
             )
         return super().check_codes(codes)
 
@@ -257,7 +257,8 @@ def _from_fit_checkpoint(path: str) -> torch.nn.Module:
 def _check_config(cfg: Any, bandwidth: float | None) -> float:
     """The bandwidth to encode at, after checking that the model is one this codec can drive."""
     if cfg.chunk_length_s is not None or cfg.audio_channels != 1:
-        raise AnyGPTError("EncodecMusicCodec supports unchunked mono Encodec models (like facebook/encodec_32khz)")
+        raise AnyGPTError("the Encodec codecs support unchunked mono Encodec models (like facebook/encodec_32khz), "
+                          f"got chunk_length_s={cfg.chunk_length_s}, audio_channels={cfg.audio_channels}")
     choices = [float(b) for b in cfg.target_bandwidths]
     chosen = choices[0] if bandwidth is None else float(bandwidth)
     if chosen not in choices:

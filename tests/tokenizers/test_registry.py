@@ -51,9 +51,9 @@ def test_a_registered_name_builds_the_codec(toy_plugin):
 
 def test_names_that_are_not_installed_or_do_not_load_are_one_line_errors(toy_plugin):
     with pytest.raises(AnyGPTError) as error:
-        instantiate({"class_path": "audio"})
+        instantiate({"class_path": "no_such_codec"})  # not "audio": examples/plugins/anygpt-audio registers it
     message = str(error.value)
-    assert "'audio' is not installed" in message and "'anygpt.codecs'" in message and "\n" not in message
+    assert "'no_such_codec' is not installed" in message and "'anygpt.codecs'" in message and "\n" not in message
     assert "speech" in message and "toy" in message  # what is there
     with pytest.raises(AnyGPTError, match="'broken' .*does not load: ModuleNotFoundError"):
         instantiate("broken")
