@@ -49,7 +49,17 @@ def _speechtokenizer_class():
     def build(config: dict) -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return SpeechTokenizer(config)
+            model = SpeechTokenizer(config)
+        width = config.get("decoder_filters")
+        if width is not None and width != config["n_filters"]:  # a decoder wider or narrower than the encoder
+            from speechtokenizer.modules.seanet import SEANetDecoder
+
+            model.decoder = SEANetDecoder(
+                n_filters=width, dimension=config["dimension"], ratios=config["strides"], lstm=config["lstm_layers"],
+                bidirectional=False, dilation_base=config["dilation_base"],
+                residual_kernel_size=config["residual_kernel_size"], n_residual_layers=config["n_residual_layers"],
+                activation=config.get("activation"))
+        return model
 
     build.load_from_checkpoint = SpeechTokenizer.load_from_checkpoint
     return build
@@ -66,7 +76,8 @@ class SpeechTokenizerCodec(BaseCodec):
     Args:
         config: The SpeechTokenizer ``config.json`` (a path, URL or ``<owner>/<repo>/<file>``), or a dict of its
             fields; a dict with ``checkpoint: null`` builds random weights (the tiny variant overrides
-            ``{n_filters: 4, dimension: 32, semantic_dimension: 16}``).
+            ``{n_filters: 4, dimension: 32, semantic_dimension: 16}``). An optional ``decoder_filters`` (not in
+            the released config) gives the waveform decoder its own width.
         checkpoint: The SpeechTokenizer weights, loaded strictly: ``ckpt.dev`` (a plain state dict), a
             ``.safetensors`` file of the same keys, or an ``anygpt fit`` checkpoint; None gives random weights drawn
             with ``seed``.
@@ -121,7 +132,7 @@ class SpeechTokenizerCodec(BaseCodec):
                 _init_random_codebooks(self.model, cfg)
         else:
             self.model = model_class(cfg)
-            _load_state(self.model, resolve_file(checkpoint))
+            load_speechtokenizer_state(self.model, resolve_file(checkpoint))
         if isinstance(decoder, str):
             decoder = SoundStormDecoder.from_pretrained(decoder)
         if decoder is not None and (decoder.codebook_size != cfg["codebook_size"] or decoder.num_quantizers != cfg["n_q"] - 1):
@@ -234,7 +245,9 @@ class SpeechTokenizerCodec(BaseCodec):
         return out
 
 
-def _load_state(model: torch.nn.Module, path) -> None:
+def load_speechtokenizer_state(model: torch.nn.Module, path, skip: str | None = None) -> None:
+    """Load a SpeechTokenizer checkpoint strictly; keys under the prefix ``skip`` (e.g. ``decoder.``) are neither
+    read nor expected."""
     from anygpt.hub import read_state
 
     try:
@@ -248,14 +261,19 @@ def _load_state(model: torch.nn.Module, path) -> None:
         state = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
         if not state:
             raise AnyGPTError(f"{path} is a fit checkpoint without SpeechTokenizer weights (no '{prefix}' keys)")
+    expected = None
+    if skip is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(skip)}
+        expected = {k for k in model.state_dict() if k.startswith(skip)}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         reason = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
         raise AnyGPTError(f"{path} does not fit the SpeechTokenizer config: {reason.strip()}") from err
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys if expected is None or k not in expected]
+    if missing or result.unexpected_keys:
         raise AnyGPTError(
-            f"{path} does not fit the SpeechTokenizer config: missing {result.missing_keys[:3]}, "
+            f"{path} does not fit the SpeechTokenizer config: missing {missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
 

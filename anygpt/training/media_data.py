@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import math
 import random
 from typing import Any
 
@@ -43,32 +44,47 @@ def audio_seconds(path: str) -> float:
     return info.frames / info.samplerate
 
 
-def read_clip(item: dict, sample_rate: int, clip: int, offset: float) -> tuple[torch.Tensor, int]:
-    """``clip`` samples of channel 0 at ``sample_rate`` from ``offset`` seconds on (zero-padded), and how many are real."""
+def read_clip(item: dict, sample_rate: int, clip: int, offset: float, speed: float = 1.0) -> tuple[torch.Tensor, int]:
+    """``clip`` samples of channel 0 at ``sample_rate`` from ``offset`` seconds on (zero-padded), and how many are real.
+
+    ``speed`` plays the file that much faster, as a tape would: ``clip * speed / sample_rate`` seconds of it, pitch and
+    formants raised by the same factor (resampled to ``sample_rate / speed``, rounded by ``speed_rate``).
+    """
     from anygpt.tokenizers.audio import as_waveform, resample
 
-    wave, rate = as_waveform(item["path"], offset, clip / sample_rate + 0.05)
-    wave = resample(wave[0], rate, sample_rate)[:clip]
+    wave, rate = as_waveform(item["path"], offset, clip * speed / sample_rate + 0.05)
+    wave = resample(wave[0], rate, speed_rate(sample_rate, speed))[:clip]
     return torch.nn.functional.pad(wave, (0, clip - len(wave))), len(wave)
 
 
-def collate_clips(items: list[tuple[dict, float]], sample_rate: int, clip: int) -> dict:
-    """A batch ``{"audio": [B, L], "mask": [B, L], "offset": [B], "items": [records]}`` of clips."""
-    waves, masks, offsets, records = [], [], [], []
-    for item, offset in items:
+def speed_rate(sample_rate: int, speed: float) -> int:
+    """The rate a file is resampled to for ``speed``: ``sample_rate / speed`` in steps of 1/40 of ``sample_rate``
+    (a short resampling kernel); the speed a clip really gets is ``sample_rate / speed_rate(...)``."""
+    if speed == 1.0:
+        return sample_rate
+    step = max(1, sample_rate // 40)
+    return max(step, int(round(sample_rate / speed / step)) * step)
+
+
+def collate_clips(items: list[tuple[dict, float, float]], sample_rate: int, clip: int) -> dict:
+    """A batch ``{"audio": [B, L], "mask": [B, L], "offset": [B], "speed": [B], "items": [records]}`` of clips from
+    ``(record, offset seconds, speed)`` triples."""
+    waves, masks, offsets, speeds, records = [], [], [], [], []
+    for item, offset, speed in items:
         try:
-            wave, real = read_clip(item, sample_rate, clip, offset)
+            wave, real = read_clip(item, sample_rate, clip, offset, speed)
         except AnyGPTError as err:
             log.warning("skipped %s", err)
             continue
         waves.append(wave)
         masks.append(torch.arange(clip) < real)
         offsets.append(offset)
+        speeds.append(sample_rate / speed_rate(sample_rate, speed))
         records.append(item)
     if not waves:
         raise AnyGPTError(f"no readable clip in a batch of {len(items)} ({items[0][0]['path']}, ...)")
     return {"audio": torch.stack(waves), "mask": torch.stack(masks), "offset": torch.tensor(offsets),
-            "items": records}
+            "speed": torch.tensor(speeds, dtype=torch.float64), "items": records}
 
 
 class MediaDataModule(ResumableData, LightningDataModule):
@@ -159,26 +175,35 @@ class AudioClipsDataModule(MediaDataModule):
         batch_size: Clips per batch and process.
         seed: Seed of the training order and the clip offsets.
         num_workers: Processes that read and resample clips.
+        speed: ``[slowest, fastest]``: each training clip is played at a speed drawn log-uniformly from this range,
+            as a tape would (pitch and formants move with it: new voices from the corpus's own); None: as recorded.
+            Validation clips are never changed.
     """
 
     def __init__(self, train: str | None = None, val: str | None = None, sample_rate: int = 16000,
-                 clip_seconds: float = 3.0, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
+                 clip_seconds: float = 3.0, batch_size: int = 8, seed: int = 0, num_workers: int = 0,
+                 speed: tuple[float, float] | None = None):
         super().__init__(train, val, batch_size, seed, num_workers)
         if clip_seconds <= 0 or sample_rate < 1:
             raise AnyGPTError(f"need clip_seconds > 0 and sample_rate >= 1, got {clip_seconds} and {sample_rate}")
+        if speed is not None and (len(speed) != 2 or not 0.25 <= speed[0] <= speed[1] <= 4.0):
+            raise AnyGPTError(f"data.speed must be [slowest, fastest] within [0.25, 4], got {speed}")
         self.sample_rate, self.clip = sample_rate, int(round(clip_seconds * sample_rate))
+        self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
 
     def probe(self, item: dict) -> None:
         item["seconds"] = audio_seconds(item["path"])
 
-    def draw(self, item: dict, rng: random.Random) -> float:
-        return rng.uniform(0, max(0.0, item["seconds"] - self.clip / self.sample_rate))
+    def draw(self, item: dict, rng: random.Random) -> tuple[float, float]:
+        speed = 1.0 if self.speed is None else math.exp(rng.uniform(*map(math.log, self.speed)))
+        return rng.uniform(0, max(0.0, item["seconds"] - self.clip * speed / self.sample_rate)), speed
 
-    def collate(self, items: list[tuple[dict, float | None]]) -> dict:
-        return collate_clips([(item, offset or 0.0) for item, offset in items], self.sample_rate, self.clip)
+    def collate(self, items: list[tuple[dict, tuple[float, float] | None]]) -> dict:
+        return collate_clips([(item, *(drawn or (0.0, 1.0))) for item, drawn in items], self.sample_rate, self.clip)
 
     def settings(self) -> dict:
-        return {"seed": self.seed, "clip": self.clip, "sample_rate": self.sample_rate}
+        extra = {} if self.speed is None else {"speed": list(self.speed)}  # resumed streams from before it still match
+        return {"seed": self.seed, "clip": self.clip, "sample_rate": self.sample_rate, **extra}
 
 
 def image_size(path: str) -> tuple[int, int]:

@@ -76,6 +76,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         cycle_weight: Weight of the round-trip loss (decoded audio re-encoded to its level-1 codes); 0: off.
         frozen_encoder: Train the decoder alone: the encoder and codebooks (no k-means, EMA or restarts) stay those
             of ``codec.checkpoint``, and so do the codes they give.
+        fresh_decoder: With ``frozen_encoder``, start the decoder from random weights instead of the checkpoint's
+            (for a decoder of another width: ``decoder_filters`` in ``codec.config``).
     """
 
     def __init__(self, codec: dict[str, Any] | None = None, teacher: nn.Module | None = None,
@@ -88,7 +90,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
                  optimizer: OptimizerCallable | None = None, head_lr: float | None = None,
                  discriminator_optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, grad_clip: float | None = None,
-                 cycle_weight: float = 0.0, frozen_encoder: bool = False):
+                 cycle_weight: float = 0.0, frozen_encoder: bool = False, fresh_decoder: bool = False):
         super().__init__()
         from anygpt.tokenizers.speech import REAL_CONFIG, SpeechTokenizerCodec
 
@@ -103,10 +105,20 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         if dead_code_threshold < 0 or min(time_weight, commit_weight, distill_weight, adv_weight, feat_weight,
                                           cycle_weight) < 0:
             raise AnyGPTError("loss weights and dead_code_threshold must be >= 0")
-        self.codec = SpeechTokenizerCodec(**{**codec, "decoder": None})
-        self.model_config = _model_config(codec["config"])
         if frozen_encoder and codec["checkpoint"] is None:
             raise AnyGPTError("model.init_args.frozen_encoder needs codec.checkpoint: the encoder it keeps")
+        if fresh_decoder and not frozen_encoder:
+            raise AnyGPTError("model.init_args.fresh_decoder trains a new decoder for a kept encoder: set "
+                              "frozen_encoder too")
+        if fresh_decoder:
+            from anygpt.hub import resolve_file
+            from anygpt.tokenizers.speech import load_speechtokenizer_state
+
+            self.codec = SpeechTokenizerCodec(**{**codec, "checkpoint": None, "decoder": None})
+            load_speechtokenizer_state(self.codec.model, resolve_file(codec["checkpoint"]), skip="decoder.")
+        else:
+            self.codec = SpeechTokenizerCodec(**{**codec, "decoder": None})
+        self.model_config = _model_config(codec["config"])
         self.frozen_encoder = frozen_encoder
         self.codec.model.requires_grad_(True)
         if frozen_encoder:
@@ -179,8 +191,9 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
             student = self.codec.model.transform(first)
             parts["distill_teacher"] = d_axis_loss(student, target, valid)
         if self.classifier is not None:
+            speeds = batch["speed"].tolist() if "speed" in batch else None
             labels = frame_labels(batch["items"], batch["offset"].tolist(), first.shape[1], self.hop / self.sample_rate,
-                                  self.labels).to(self.device).masked_fill(~valid, -100)
+                                  self.labels, speeds).to(self.device).masked_fill(~valid, -100)
             logits = self.classifier(standardize_over_time(first, valid))
             known = labels >= 0
             parts["distill_ce"] = (F.cross_entropy(logits[known], labels[known]) if known.any()

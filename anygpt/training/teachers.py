@@ -100,11 +100,12 @@ def standardize_over_time(features: torch.Tensor, valid: torch.Tensor | None = N
 
 
 def frame_labels(items: Sequence[dict], offsets: Sequence[float], frames: int, frame_seconds: float,
-                 vocabulary: dict[str, int]) -> torch.Tensor:
+                 vocabulary: dict[str, int], speeds: Sequence[float] | None = None) -> torch.Tensor:
     """Class of each frame ``[B, frames]`` from the records' ``phonemes: [[label, start_s, end_s], ...]``.
 
     Frame ``t`` of a clip starting ``offset`` seconds into its file is labelled by the phoneme whose
-    ``[start, end)`` holds its centre, ``offset + (t + 0.5) * frame_seconds``. Labels missing from
+    ``[start, end)`` holds its centre, ``offset + (t + 0.5) * frame_seconds * speed`` (``speeds``: how much faster
+    than recorded each clip plays; 1 when None). Labels missing from
     ``vocabulary`` take its ``<unk>`` class; frames without a phoneme (or records without ``phonemes``) get -100.
 
     Raises:
@@ -118,7 +119,7 @@ def frame_labels(items: Sequence[dict], offsets: Sequence[float], frames: int, f
             continue
         if not isinstance(phonemes, list):
             raise AnyGPTError(f"{item.get('path')}: phonemes must be a list of [label, start_s, end_s]")
-        times = centres + float(offset)
+        times = centres * (1.0 if speeds is None else float(speeds[row])) + float(offset)
         first, last = float(times[0]), float(times[-1])
         for entry in phonemes:
             try:

@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import torch
 
+from anygpt import AnyGPTError
 from anygpt.training.media_data import AudioClipsDataModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,31 @@ def test_clips_are_cropped_resampled_padded_and_masked(tmp_path):
         assert torch.allclose(batch["audio"][row, 100:real - 100].double(), expected[100:real - 100], atol=2e-2)
     assert batch["items"][0].get("phonemes") or any(i.get("phonemes") for i in batch["items"])
 
+
+def test_speed_plays_clips_faster_like_a_tape_and_labels_follow(tmp_path):
+    from anygpt.training.teachers import frame_labels
+
+    data = AudioClipsDataModule(train=str(write_corpus(tmp_path)), clip_seconds=0.5, batch_size=3, seed=1,
+                                speed=(0.8, 1.25))
+    data.setup("fit")
+    data.trainer = FakeTrainer()
+    [batch] = list(data.train_dataloader())
+    speeds = batch["speed"].tolist()
+    assert all(0.79 <= v <= 1.26 for v in speeds) and len(set(speeds)) == 3
+    for row, item in enumerate(batch["items"]):
+        name, real = Path(item["path"]).name, int(batch["mask"][row].sum())
+        freq = {"a.wav": 220, "b.wav": 440, "c.flac": 330}[name] * speeds[row]  # the tone, played faster
+        t = float(batch["offset"][row]) / speeds[row] + torch.arange(real, dtype=torch.float64) / 16000
+        expected = 0.5 * torch.sin(2 * math.pi * freq * t)
+        assert torch.allclose(batch["audio"][row, 100:real - 100].double(), expected[100:real - 100], atol=3e-2)
+    # frame centres move through the file `speed` times faster: 0.05 s frames at speed 2 from 0.1 s
+    item = {"path": "x.wav", "phonemes": [["a", 0.0, 0.2], ["b", 0.2, 0.4]]}
+    labels = frame_labels([item], [0.1], 3, 0.05, {"a": 0, "b": 1, "<unk>": 2}, speeds=[2.0])
+    assert labels.tolist() == [[0, 1, 1]]  # centres 0.15, 0.25, 0.35 s of the file
+    with pytest.raises(AnyGPTError, match="data.speed"):
+        AudioClipsDataModule(train=str(tmp_path), speed=(1.5, 1.0))
+    plain = AudioClipsDataModule(train=str(tmp_path), seed=1)
+    assert "speed" not in plain.settings() and data.settings()["speed"] == [0.8, 1.25]
 
 def test_fit_trains_a_model_class_that_the_config_names(tmp_path, monkeypatch):
     """`anygpt fit` builds the LightningModule named by `model.class_path` (not UnifiedLM) and trains it."""

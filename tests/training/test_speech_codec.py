@@ -291,3 +291,27 @@ def test_dead_codes_come_back_where_the_package_leaves_them_dead():
         book.eval()
     assert len(torch.unique(books[0](shifted)[1])) == 1
     assert len(torch.unique(books[1](shifted)[1])) > 4
+
+
+def test_a_fresh_decoder_of_another_width_keeps_the_encoder_and_its_codes(tiny_fit):
+    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+    from anygpt.training.speech_codec import SpeechTokenizerTrainer
+
+    last = str(next(tiny_fit.folder.rglob("last.ckpt")))
+    kept = SpeechTokenizerCodec(config=tiny_config(), checkpoint=last, decoder=None).model
+    wide = {**tiny_config(), "decoder_filters": 2 * tiny_config()["n_filters"]}
+    trainer = SpeechTokenizerTrainer(codec={"config": wide, "checkpoint": last}, frozen_encoder=True,
+                                     fresh_decoder=True, distill_weight=0.0)
+    model = trainer.codec.model
+    assert model.decoder.model[0].conv.conv.out_channels != kept.decoder.model[0].conv.conv.out_channels
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.state_dict().items()
+               if not k.startswith("decoder."))
+    wave = torch.randn(1, 1, 3200)
+    with torch.no_grad():
+        assert torch.equal(model.encode(wave), kept.encode(wave))
+        assert model.decode(model.encode(wave)).shape == wave.shape
+    assert trainer.model_config["decoder_filters"] == wide["decoder_filters"]
+    with pytest.raises(AnyGPTError, match="fresh_decoder .*set frozen_encoder"):
+        SpeechTokenizerTrainer(codec={"config": wide, "checkpoint": last}, fresh_decoder=True)
+    with pytest.raises(AnyGPTError, match="does not fit the SpeechTokenizer config"):  # a plain load stays strict
+        SpeechTokenizerCodec(config=wide, checkpoint=last, decoder=None)
