@@ -59,6 +59,11 @@ def _speechtokenizer_class():
                 bidirectional=False, dilation_base=config["dilation_base"],
                 residual_kernel_size=config["residual_kernel_size"], n_residual_layers=config["n_residual_layers"],
                 activation=config.get("activation"))
+        if config.get("harmonics"):  # the demo codec's harmonic branch (anygpt.tokenizers.harmonic)
+            from anygpt.tokenizers.harmonic import HarmonicDecoder
+
+            hop = int(torch.tensor(config["strides"]).prod())
+            model.decoder = HarmonicDecoder(model.decoder, hop, config["sample_rate"], int(config["harmonics"]))
         return model
 
     build.load_from_checkpoint = SpeechTokenizer.load_from_checkpoint
@@ -77,7 +82,8 @@ class SpeechTokenizerCodec(BaseCodec):
         config: The SpeechTokenizer ``config.json`` (a path, URL or ``<owner>/<repo>/<file>``), or a dict of its
             fields; a dict with ``checkpoint: null`` builds random weights (the tiny variant overrides
             ``{n_filters: 4, dimension: 32, semantic_dimension: 16}``). An optional ``decoder_filters`` (not in
-            the released config) gives the waveform decoder its own width.
+            the released config) gives the waveform decoder its own width, and ``harmonics: K`` adds the
+            harmonic branch of ``anygpt.tokenizers.harmonic`` (pitch, voicing and K harmonic amplitudes per frame).
         checkpoint: The SpeechTokenizer weights, loaded strictly: ``ckpt.dev`` (a plain state dict), a
             ``.safetensors`` file of the same keys, or an ``anygpt fit`` checkpoint; None gives random weights drawn
             with ``seed``.

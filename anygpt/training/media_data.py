@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import math
+import os
 import random
 from typing import Any
 
@@ -21,8 +21,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from anygpt import AnyGPTError
-from anygpt.messages import one_line
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
+from anygpt.messages import one_line
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from anygpt import AnyGPTError
+from anygpt.tokenizers.harmonic import HarmonicDecoder
 from anygpt.training import audio_losses as losses
 from anygpt.training.arguments import check_keys
 from anygpt.training.codebooks import CodebookUsage, configure_ema, ema_codebooks, reset_for_kmeans, restart_dead_codes
 from anygpt.training.codec_mode import TrainsCodecNetwork
+from anygpt.training.pitch import pitch_loss, yin_pitch
 from anygpt.training.round_trip import level_one_cycle
 from anygpt.training.teachers import UNKNOWN, HubertTeacher, d_axis_loss, frame_labels, standardize_over_time
 
@@ -78,6 +80,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
             of ``codec.checkpoint``, and so do the codes they give.
         fresh_decoder: With ``frozen_encoder``, start the decoder from random weights instead of the checkpoint's
             (for a decoder of another width: ``decoder_filters`` in ``codec.config``).
+        pitch_weight: Weight of the pitch loss of a decoder with a harmonic branch (``harmonics`` in
+            ``codec.config``): its per-frame fundamental against YIN's on the clip, in octaves, voiced frames only.
     """
 
     def __init__(self, codec: dict[str, Any] | None = None, teacher: nn.Module | None = None,
@@ -90,7 +94,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
                  optimizer: OptimizerCallable | None = None, head_lr: float | None = None,
                  discriminator_optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, grad_clip: float | None = None,
-                 cycle_weight: float = 0.0, frozen_encoder: bool = False, fresh_decoder: bool = False):
+                 cycle_weight: float = 0.0, frozen_encoder: bool = False, fresh_decoder: bool = False,
+                 pitch_weight: float = 0.0):
         super().__init__()
         from anygpt.tokenizers.speech import REAL_CONFIG, SpeechTokenizerCodec
 
@@ -103,7 +108,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         if len(set(labels)) != len(labels) or UNKNOWN in labels:
             raise AnyGPTError(f"phoneme_labels must be distinct and leave out {UNKNOWN} (added for unknown labels)")
         if dead_code_threshold < 0 or min(time_weight, commit_weight, distill_weight, adv_weight, feat_weight,
-                                          cycle_weight) < 0:
+                                          cycle_weight, pitch_weight) < 0:
             raise AnyGPTError("loss weights and dead_code_threshold must be >= 0")
         if frozen_encoder and codec["checkpoint"] is None:
             raise AnyGPTError("model.init_args.frozen_encoder needs codec.checkpoint: the encoder it keeps")
@@ -141,7 +146,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         self.discriminator = losses.MultiScaleSTFTDiscriminator(**discriminator) if adversarial else None
         self.automatic_optimization = not adversarial
         self.weights = {"time": time_weight, "mel": 1.0, "commit": commit_weight, "distill": distill_weight,
-                        "cycle": cycle_weight}
+                        "cycle": cycle_weight, "pitch": pitch_weight}
         self.adv_weight, self.feat_weight, self.dead_code_threshold = adv_weight, feat_weight, dead_code_threshold
         self.optimizer_factory, self.d_optimizer_factory = optimizer, discriminator_optimizer
         self.scheduler_factory, self.grad_clip, self.head_lr = lr_scheduler, grad_clip, head_lr
@@ -164,8 +169,13 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
             codes = model.quantizer.encode(embedding)
             quantized, first = model.quantizer.decode(codes), model.quantizer.decode(codes[:1])
             commit = embedding.new_zeros(())
-        wave = model.decoder(quantized)[..., : audio.shape[-1]].squeeze(1)
-        return {"wave": wave, "embedding": embedding, "codes": codes, "commit": commit, "first": first}
+        out = {"embedding": embedding, "codes": codes, "commit": commit, "first": first}
+        if isinstance(model.decoder, HarmonicDecoder):
+            wave, out["f0"], _ = model.decoder(quantized, with_pitch=True)
+        else:
+            wave = model.decoder(quantized)
+        out["wave"] = wave[..., : audio.shape[-1]].squeeze(1)
+        return out
 
     def _frame_valid(self, mask: torch.Tensor) -> torch.Tensor:
         frames = -(-mask.shape[-1] // self.hop)
@@ -209,6 +219,9 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         valid = self._frame_valid(mask)
         parts = {"time": losses.time_l1(out["wave"], audio, mask), "mel": self.mel_loss(out["wave"], audio, mask),
                  "commit": out["commit"], **self._distill(batch, out, valid)}
+        if "f0" in out:
+            target, voiced = yin_pitch(losses.masked(audio, mask), self.sample_rate, self.hop)
+            parts["pitch"], parts["pitch_semitone_acc"] = pitch_loss(out["f0"], target, voiced & valid)
         if self.weights["cycle"] or not self.training:
             parts["cycle"], parts["cycle_agreement"] = level_one_cycle(
                 self.codec.model, losses.masked(out["wave"], mask), out["codes"][0].detach(), valid)

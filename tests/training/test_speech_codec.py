@@ -315,3 +315,16 @@ def test_a_fresh_decoder_of_another_width_keeps_the_encoder_and_its_codes(tiny_f
         SpeechTokenizerTrainer(codec={"config": wide, "checkpoint": last}, fresh_decoder=True)
     with pytest.raises(AnyGPTError, match="does not fit the SpeechTokenizer config"):  # a plain load stays strict
         SpeechTokenizerCodec(config=wide, checkpoint=last, decoder=None)
+
+
+def test_the_harmonic_branch_learns_the_clips_pitch(corpus, tmp_path):
+    config = json.dumps({**tiny_config(), "harmonics": 8})
+    run = fit(corpus, tmp_path, "--model.init_args.codec", json.dumps({"config": json.loads(config), "checkpoint": None}),
+              "--model.init_args.pitch_weight", "10.0", "--trainer.max_steps", "80",
+              "--trainer.val_check_interval", "80", "--model.init_args.lr_scheduler.init_args.T_max", "80")
+    from anygpt.tokenizers.harmonic import HarmonicDecoder
+
+    assert isinstance(run.cli.model.codec.model.decoder, HarmonicDecoder)
+    pitch = series(run.rows, "train/pitch")
+    assert len(pitch) == 80 and sum(pitch[-10:]) / 10 < 0.5 * sum(pitch[:10]) / 10, (pitch[:10], pitch[-10:])
+    assert series(run.rows, "val/pitch_semitone_acc")[-1] > 0.05  # YIN-voiced frames within a semitone
