@@ -84,7 +84,9 @@ def codec_figures(codec, paths: list[Path]) -> dict:
     from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
 
     mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=256, n_mels=80)
-    distances, snrs, codes_by_level, round_trip = [], [], [], []
+    from anygpt.training.pitch import yin_pitch
+
+    distances, snrs, codes_by_level, round_trip, semitones, false_voicing = [], [], [], [], [], []
     model = codec.model.eval()
     for path in paths:
         audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
@@ -94,6 +96,10 @@ def codec_figures(codec, paths: list[Path]) -> dict:
         target = audio[0, 0, : recon.shape[-1]]
         distances.append(float((mel(recon).clamp_min(1e-5).log() - mel(target).clamp_min(1e-5).log()).abs().mean()))
         snrs.append(float(scale_invariant_signal_noise_ratio(recon, target)))
+        (f0_recon, f0_target), (voiced_recon, voiced_target) = yin_pitch(torch.stack([recon, target]), 16000, 320)
+        both = voiced_recon & voiced_target
+        semitones.extend((12 * torch.log2(f0_recon[both] / f0_target[both])).abs().tolist())
+        false_voicing.append(float(voiced_recon[~voiced_target].float().mean()) if (~voiced_target).any() else 0.0)
         codes_by_level.append(codes[:, 0])
         with torch.inference_mode():  # what recognising decoded speech sees: RVQ-1 of the reconstruction
             again = model.encode(recon[None, None], n_q=1)[0, 0]
@@ -107,7 +113,9 @@ def codec_figures(codec, paths: list[Path]) -> dict:
         perplexity.append(float(torch.exp(-(p * p.log()).sum())))
     return {"mel_distance": float(np.mean(distances)), "si_snr_db": float(np.mean(snrs)),
             "perplexity_per_level": perplexity, "codebook_size": codec.vocab_size,
-            "rvq1_round_trip_agreement": float(np.mean(round_trip))}
+            "rvq1_round_trip_agreement": float(np.mean(round_trip)),
+            "pitch_error_semitones": float(np.median(semitones)) if semitones else None,
+            "voiced_where_silent_or_unvoiced": float(np.mean(false_voicing))}
 
 
 def speaker_pairs(demo, lines: list[dict], folder: Path, pairs: int, seed: int) -> dict:
@@ -240,6 +248,11 @@ def report(result: dict) -> None:
               f"{100 * c['rvq1_phoneme_purity']:>7.1f}% ({100 * c['commonest_phoneme_share']:.1f}%)")
         print(f"{'codec':<14} {'RVQ-1 codes kept by decode + re-encode':<44} "
               f"{100 * c['rvq1_round_trip_agreement']:>7.1f}%")
+        if c.get("pitch_error_semitones") is not None:
+            print(f"{'codec':<14} {'pitch error of reconstructions, semitones (YIN)':<44} "
+                  f"{c['pitch_error_semitones']:>8.2f}")
+            print(f"{'codec':<14} {'voiced where the original is not':<44} "
+                  f"{100 * c['voiced_where_silent_or_unvoiced']:>7.1f}%")
         print(f"{'codec':<14} {'perplexity per level':<44} {' '.join(f'{p:.0f}' for p in c['perplexity_per_level'])}")
     if "asr" in result and "tts" in result:
         print(f"{'CPU':<14} {'s per ASR clip / TTS sentence':<44} {result['asr']['seconds_per_clip']:>8.2f} / "
