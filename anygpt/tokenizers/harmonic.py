@@ -24,17 +24,16 @@ class HarmonicDecoder(nn.Module):
     Args:
         seanet: The SpeechTokenizer's ``SEANetDecoder``; its first three layers (conv, LSTM, activation) give the
             frame features the harmonic heads read, its other layers render the waveform as before.
-        hop: Samples per latent frame (320 for 50 Hz at 16 kHz).
         sample_rate: Output rate in Hz.
         harmonics: Number of harmonics of the fundamental (those at or above Nyquist are silent).
         f_min: Lowest fundamental the head can predict, in Hz.
         f_max: Highest fundamental, in Hz.
     """
 
-    def __init__(self, seanet: nn.Module, hop: int, sample_rate: int, harmonics: int = 64, f_min: float = 40.0,
+    def __init__(self, seanet: nn.Module, sample_rate: int, harmonics: int = 64, f_min: float = 40.0,
                  f_max: float = 800.0):
         super().__init__()
-        self.seanet, self.hop, self.sample_rate = seanet, int(hop), int(sample_rate)
+        self.seanet, self.sample_rate = seanet, int(sample_rate)
         self.harmonics, self.f_min, self.f_max = int(harmonics), float(f_min), float(f_max)
         channels = _features_channels(seanet)
         self.head = nn.Conv1d(channels, 2 + self.harmonics, kernel_size=3, padding=1)
@@ -67,7 +66,8 @@ class HarmonicDecoder(nn.Module):
         return (amplitudes * audible * torch.sin(orders * phase[:, None])).sum(1, keepdim=True)
 
     def forward(self, latents: torch.Tensor, with_pitch: bool = False):
-        """Waveform ``[B, 1, T * hop]`` of latents ``[B, D, T]``; with ``with_pitch`` also ``(f0, voicing logit)``."""
+        """Waveform ``[B, 1, L]`` of latents ``[B, D, T]`` (L: T times the decoder's hop); with ``with_pitch`` also
+        ``(f0, voicing logit)``."""
         features = self.features(latents)
         wave = self.seanet.model[3:](features)
         f0, voicing, amplitudes = self.pitch(features)

@@ -62,8 +62,7 @@ def _speechtokenizer_class():
         if config.get("harmonics"):  # the demo codec's harmonic branch (anygpt.tokenizers.harmonic)
             from anygpt.tokenizers.harmonic import HarmonicDecoder
 
-            hop = int(torch.tensor(config["strides"]).prod())
-            model.decoder = HarmonicDecoder(model.decoder, hop, config["sample_rate"], int(config["harmonics"]))
+            model.decoder = HarmonicDecoder(model.decoder, config["sample_rate"], int(config["harmonics"]))
         return model
 
     build.load_from_checkpoint = SpeechTokenizer.load_from_checkpoint

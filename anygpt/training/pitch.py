@@ -37,7 +37,8 @@ def yin_pitch(audio: torch.Tensor, sample_rate: int, hop: int, f_min: float = 50
     running = torch.cumsum(diff[..., 1:], -1)
     cmnd = torch.cat([torch.ones_like(diff[..., :1]), diff[..., 1:] * lags[1:] / running.clamp_min(1e-12)], -1)
     inner = cmnd[..., lag_min: lag_max + 1]
-    dips = (inner < threshold) & (inner <= cmnd[..., lag_min - 1: lag_max]) & (inner <= cmnd[..., lag_min + 1: lag_max + 2])
+    local_min = (inner <= cmnd[..., lag_min - 1: lag_max]) & (inner <= cmnd[..., lag_min + 1: lag_max + 2])
+    dips = (inner < threshold) & local_min
     found = dips.any(-1)
     best = torch.where(found, dips.float().argmax(-1), inner.argmin(-1)) + lag_min
     left, mid, right = (cmnd.gather(-1, (best + k)[..., None])[..., 0] for k in (-1, 0, 1))
