@@ -3,6 +3,10 @@
 #   bash configs/demo/stage.sh STAGE [OUT]
 # Stages, in order (run a training stage again to train it further: it resumes from its last.ckpt):
 #   speech_codec  build the espeak-ng corpus if missing; train the speech codec (configs/demo/speech_codec.yaml)
+#   speech_codec_refine  corpus; the shipped codec (stage speech_codec, then `python -m anygpt.demo.ship --parts
+#                 speech_codec --clips 0`) trained on at lr 3e-4, cosine over 2500 steps, with fresh optimizer state;
+#                 the first run keeps the speech_codec run as runs/demo/speech_codec_first, later runs resume.
+#                 DEMO_MINUTES defaults to 3.67 here. Ship it the same way
 #   speech_decoder  corpus; fine-tune the shipped codec's decoder for the round trip, encoder and codes frozen
 #                 (configs/demo/speech_decoder.yaml); ship it with `python -m anygpt.demo.ship --parts speech_decoder`
 #   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
@@ -30,7 +34,7 @@ corpus() {
     --train "$train" --val 500 --test 500
 }
 
-fit() {  # fit CONFIG NAME: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
+fit() {  # fit CONFIG NAME [ARGS]: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
   local resume=() limit
   [ -f "runs/demo/$2/last.ckpt" ] && resume=(--ckpt_path "runs/demo/$2/last.ckpt")
   # max_time counts the training time of earlier stages too (the checkpoint's Timer state): add this stage's share
@@ -44,7 +48,7 @@ total = int(done + 60 * float(sys.argv[2]))
 print(f"{total // 86400:02d}:{total % 86400 // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}")
 PY
 )
-  python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}"
+  python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}" "${@:3}"
 }
 
 tokenize() {
@@ -64,6 +68,16 @@ pack() {  # pack NAME: last.ckpt in parts and the CSV metrics into OUT
 
 case "$stage" in
   speech_codec) corpus; fit configs/demo/speech_codec.yaml speech_codec; pack speech_codec ;;
+  speech_codec_refine)
+    corpus; minutes=${DEMO_MINUTES:-3.67}
+    if [ ! -d runs/demo/speech_codec_first ]; then
+      mv runs/demo/speech_codec runs/demo/speech_codec_first
+      mv runs/demo/speech_codec_logs runs/demo/speech_codec_first_logs
+    fi
+    fit configs/demo/speech_codec.yaml speech_codec --model.init_args.codec.checkpoint \
+      anygpt/demo/weights/speech_codec.safetensors --model.init_args.optimizer.init_args.lr 3.0e-4 \
+      --model.init_args.lr_scheduler.init_args.T_max 2500 --trainer.val_check_interval 500
+    pack speech_codec ;;
   speech_decoder) corpus; fit configs/demo/speech_decoder.yaml speech_decoder; pack speech_decoder ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
   tokenize)
