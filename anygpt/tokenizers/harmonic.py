@@ -12,6 +12,8 @@ the pitch head from the clips' own pitch (``anygpt.training.pitch``), so the cod
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,19 @@ class HarmonicDecoder(nn.Module):
             self.head.bias.zero_()
             self.head.bias[1] = -2.0
             self.head.bias[2:] = -4.0
+        self._pin: dict | None = None
+
+    @contextmanager
+    def phase_pinned(self, anchor: int, cycles: float | None, probe: int) -> Iterator[dict]:
+        """Decode windows of one utterance in phase: inside, the oscillator is shifted so that its phase at the
+        first sample of frame ``anchor`` is ``cycles`` (in turns; None: not shifted), and the phase it reaches at
+        frame ``probe`` is put in the yielded dict under ``"cycles"`` (the next window's ``cycles``). One utterance
+        at a time: every item of a batch gets the first item's shift."""
+        self._pin = {"anchor": int(anchor), "target": cycles, "probe": int(probe), "cycles": None}
+        try:
+            yield self._pin
+        finally:
+            self._pin = None
 
     def features(self, latents: torch.Tensor) -> torch.Tensor:
         """Frame features ``[B, C, T]`` after the decoder's input conv, LSTM and activation."""
@@ -57,13 +72,25 @@ class HarmonicDecoder(nn.Module):
 
     def synthesize(self, f0: torch.Tensor, amplitudes: torch.Tensor, length: int) -> torch.Tensor:
         """Sinusoids ``[B, 1, length]``: frame values interpolated to the sample rate, phase accumulated from f0."""
+        hop = length // max(1, f0.shape[-1])
         f0 = F.interpolate(f0[:, None], size=length, mode="linear", align_corners=False)[:, 0]  # [B, L]
         amplitudes = F.interpolate(amplitudes, size=length, mode="linear", align_corners=False)  # [B, K, L]
         cycles = torch.cumsum(f0.double() / self.sample_rate, dim=-1)
+        if self._pin is not None:
+            cycles = self._pinned(cycles, hop)
         phase = (2 * math.pi * (cycles - torch.floor(cycles))).to(f0.dtype)  # [B, L], wrapped in float64
         orders = torch.arange(1, self.harmonics + 1, device=f0.device, dtype=f0.dtype)[None, :, None]
         audible = (orders * f0[:, None] < self.sample_rate / 2).to(f0.dtype)
         return (amplitudes * audible * torch.sin(orders * phase[:, None])).sum(1, keepdim=True)
+
+    def _pinned(self, cycles: torch.Tensor, hop: int) -> torch.Tensor:
+        pin, last = self._pin, cycles.shape[-1] - 1
+        if pin["target"] is not None:
+            at = min(pin["anchor"] * hop, last)
+            cycles = cycles + (pin["target"] - cycles[:1, at:at + 1])
+        at = min(pin["probe"] * hop, last)
+        pin["cycles"] = float(cycles[0, at] - torch.floor(cycles[0, at]))
+        return cycles
 
     def forward(self, latents: torch.Tensor, with_pitch: bool = False):
         """Waveform ``[B, 1, L]`` of latents ``[B, D, T]`` (L: T times the decoder's hop); with ``with_pitch`` also

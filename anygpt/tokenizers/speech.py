@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from typing import Any, Literal
@@ -172,6 +173,13 @@ class SpeechTokenizerCodec(BaseCodec):
     def frame_rate(self) -> int:
         """Ids per second (50)."""
         return self.sample_rate // self.hop_length
+
+    def phase_pinned(self, anchor: int, cycles: float | None, probe: int) -> contextlib.AbstractContextManager:
+        """Around one ``decode``: the harmonic branch's ``HarmonicDecoder.phase_pinned`` (its oscillator's phase
+        at frame ``anchor`` set to ``cycles``, the phase at frame ``probe`` kept), so that streamed windows of an
+        utterance stay in phase; without a harmonic branch, a state whose ``"cycles"`` stays None."""
+        pinned = getattr(self.model.decoder, "phase_pinned", None)
+        return contextlib.nullcontext({"cycles": None}) if pinned is None else pinned(anchor, cycles, probe)
 
     # --- media ---
 

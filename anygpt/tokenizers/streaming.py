@@ -5,7 +5,9 @@ code) can be decoded window by window: each chunk of new codes is decoded togeth
 (the second stage and the decoder's convolutions see what came before) and ``lookahead`` codes after it (the
 decoder's receptive field reaches a few frames ahead), and only the chunk's own samples are kept. The lookahead's
 samples are not thrown away: the next chunk's start cross-fades from them, so windows that drew SoundStorm's codes
-differently meet without a step. Joined, the chunks approximate the whole-span decode;
+differently meet without a step. A codec whose decoder runs an oscillator (the demo's harmonic branch) starts each
+window's oscillator at the phase the last window reached at the chunk's first sample (``phase_pinned``), so the
+cross-fade joins two sines in phase rather than cancelling them. Joined, the chunks approximate the whole-span decode;
 ``benchmarks/stream_speech.py`` measures how closely.
 """
 
@@ -36,6 +38,7 @@ class ChunkedDecoder:
         self.codes: list[int] = []
         self.emitted = 0
         self.tail: torch.Tensor | None = None  # the last window's samples past its chunk (its lookahead)
+        self.cycles: float | None = None  # the oscillator's phase that the last window reached at this chunk's start
 
     def push(self, code: int) -> list[torch.Tensor]:
         """Add one code; returns the chunks it completes (usually none, at most one)."""
@@ -58,7 +61,14 @@ class ChunkedDecoder:
 
     def _window(self, start: int, end: int) -> torch.Tensor:
         low, high = max(0, start - self.context), min(len(self.codes), end + self.lookahead)
-        wav = self.codec.decode([torch.tensor(self.codes[low:high], dtype=torch.long)], **self.options)[0]
+        codes = [torch.tensor(self.codes[low:high], dtype=torch.long)]
+        pinned = getattr(self.codec, "phase_pinned", None)
+        if pinned is None:
+            wav = self.codec.decode(codes, **self.options)[0]
+        else:
+            with pinned(start - low, self.cycles, end - low) as state:
+                wav = self.codec.decode(codes, **self.options)[0]
+            self.cycles = state["cycles"]
         hop = wav.shape[-1] // (high - low)
         out = wav[..., (start - low) * hop:(end - low) * hop].clone()
         if self.tail is not None and self.tail.shape[-1] and out.shape[-1]:

@@ -58,3 +58,19 @@ def test_the_branch_starts_quiet_and_keeps_the_decoder_shape():
     harmonic = decoder.synthesize(*decoder.pitch(decoder.features(latents))[::2], 3200)
     assert harmonic.abs().max() < 0.05 * decoder.harmonics
     assert torch.equal(decoder(latents), wave)
+
+
+def test_a_pinned_window_continues_the_phase_of_the_window_before():
+    decoder, hop = tiny_harmonic(harmonics=2), 320
+    f0 = torch.linspace(110.0, 190.0, 20)[None]
+    amplitudes = torch.ones(1, 2, 20)
+    whole = decoder.synthesize(f0, amplitudes, 20 * hop)[0, 0]
+    with decoder.phase_pinned(anchor=0, cycles=None, probe=8) as first:
+        decoder.synthesize(f0[:, :12], amplitudes[..., :12], 12 * hop)
+    with decoder.phase_pinned(anchor=4, cycles=first["cycles"], probe=12):
+        later = decoder.synthesize(f0[:, 4:], amplitudes[..., 4:], 16 * hop)[0, 0]
+    # frames 8-15 of the whole clip are frames 4-11 of the later window (its own edge frames interpolate differently)
+    assert torch.allclose(later[4 * hop:12 * hop], whole[8 * hop:16 * hop], atol=1e-3)
+    unpinned = decoder.synthesize(f0[:, 4:], amplitudes[..., 4:], 16 * hop)[0, 0]
+    assert (unpinned[4 * hop:12 * hop] - whole[8 * hop:16 * hop]).abs().max() > 0.5
+    assert decoder._pin is None  # the pin ends with its block
