@@ -12,8 +12,8 @@ the pitch head from the clips' own pitch (``anygpt.training.pitch``), so the cod
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
