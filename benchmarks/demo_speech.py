@@ -280,7 +280,7 @@ def report(result: dict) -> None:
         print(f"{'codec':<14} {'RVQ-1 phoneme purity (commonest phoneme)':<44} "
               f"{100 * c['rvq1_phoneme_purity']:>7.1f}% ({100 * c['commonest_phoneme_share']:.1f}%)")
         if c.get("voice_kept") is not None:
-            print(f"{'codec':<14} {'voice kept: reconstruction closer (zero-shot ceiling)':<44} "
+            print(f"{'codec':<14} {'voice kept by the codec (zero-shot ceiling)':<44} "
                   f"{100 * c['voice_kept']:>7.1f}%")
         print(f"{'codec':<14} {'RVQ-1 codes kept by decode + re-encode':<44} "
               f"{100 * c['rvq1_round_trip_agreement']:>7.1f}%")
