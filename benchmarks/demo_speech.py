@@ -121,65 +121,59 @@ def codec_figures(codec, paths: list[Path]) -> dict:
             "voiced_where_silent_or_unvoiced": float(np.mean(false_voicing))}
 
 
-def speaker_embedder():
-    """resemblyzer's pretrained speaker encoder: 16 kHz audio -> unit-norm voice embedding."""
-    from resemblyzer import VoiceEncoder, preprocess_wav
+class VoicePairs:
+    """The voice test, drawn and rendered once for the rows that use it: ``pairs`` draws of two held-out voices A, B
+    and a held-out sentence (``jobs``: A, B, the index of A's prompt line, the sentence), espeak-ng's renderings of
+    each sentence by A (``renderings``) and by B, and resemblyzer's embeddings of both renderings."""
 
-    encoder = VoiceEncoder("cpu", verbose=False)
-    return lambda audio: encoder.embed_utterance(preprocess_wav(audio, source_sr=16000))
+    def __init__(self, lines: list[dict], folder: Path, pairs: int, seed: int):
+        from resemblyzer import VoiceEncoder, preprocess_wav
+
+        encoder = VoiceEncoder("cpu", verbose=False)
+        self.embed = lambda audio: encoder.embed_utterance(preprocess_wav(audio, source_sr=16000))  # noqa: E731
+        rng = random.Random(seed)
+        by_voice: dict[str, list[int]] = {}
+        for i, line in enumerate(lines):
+            by_voice.setdefault(line["attributes"]["voice"], []).append(i)
+        voices = sorted(by_voice)
+        self.jobs = []
+        for _ in range(pairs):
+            a, b = rng.sample(voices, 2)
+            self.jobs.append((a, b, by_voice[a][0], lines[rng.randrange(len(lines))]["text"]))
+        self.renderings, self.references = [], []
+        for k, (a, b, _, text) in enumerate(self.jobs):
+            audio = []
+            for voice in (a, b):
+                line = {"text": text, "attributes": lines[by_voice[voice][0]]["attributes"]}
+                path = heldout_clips(folder / f"ref{k}_{voice.replace('+', '_')}", [line])[0]
+                audio.append(soundfile.read(path, dtype="float32")[0])
+            self.renderings.append(audio[0])
+            self.references.append(tuple(self.embed(x) for x in audio))
+
+    def margin(self, job: int, audio) -> float:
+        """How much closer ``audio``'s voice is to job's voice A than to its voice B (cosine)."""
+        e = self.embed(audio)
+        e_a, e_b = self.references[job]
+        return float(e @ e_a) - float(e @ e_b)
 
 
-def voice_jobs(lines: list[dict], folder: Path, pairs: int, seed: int) -> tuple[list[tuple], dict]:
-    """``pairs`` draws of two held-out voices A, B and a held-out sentence: ``(A, B, index of A's prompt line,
-    sentence)``, and espeak-ng's renderings of each sentence by A and by B (``{(job, voice): path}``)."""
-    rng = random.Random(seed)
-    by_voice: dict[str, list[int]] = {}
-    for i, line in enumerate(lines):
-        by_voice.setdefault(line["attributes"]["voice"], []).append(i)
-    voices = sorted(by_voice)
-    jobs = []
-    for _ in range(pairs):
-        a, b = rng.sample(voices, 2)
-        jobs.append((a, b, by_voice[a][0], lines[rng.randrange(len(lines))]["text"]))
-    refs = {}
-    for k, (a, b, _, text) in enumerate(jobs):
-        for voice in (a, b):
-            attributes = lines[by_voice[voice][0]]["attributes"]
-            refs[k, voice] = heldout_clips(folder / f"ref{k}_{voice.replace('+', '_')}",
-                                           [{"text": text, "attributes": attributes}])[0]
-    return jobs, refs
-
-
-def closer_to_first(embed, audio, refs: tuple[Path, Path]) -> float:
-    """How much closer ``audio``'s voice is to the first reference's than to the second's (cosine)."""
-    e = embed(audio)
-    e_a, e_b = (embed(soundfile.read(path, dtype="float32")[0]) for path in refs)
-    return float(e @ e_a) - float(e @ e_b)
-
-
-def speaker_pairs(demo, lines: list[dict], folder: Path, pairs: int, seed: int) -> dict:
+def speaker_pairs(demo, voices: VoicePairs, lines: list[dict], folder: Path, seed: int) -> dict:
     """Zero-shot TTS: is the output closer to its prompt's voice than to another held-out voice?"""
-    embed = speaker_embedder()
-    jobs, refs = voice_jobs(lines, folder / "voices", pairs, seed)
-    prompt_paths = heldout_clips(folder / "prompts", [lines[p] for _, _, p, _ in jobs]) if jobs else []
-    outputs = demo.synthesize([t for *_, t in jobs], voice_prompts=prompt_paths, seed=seed)
-    margins = [closer_to_first(embed, out[0].numpy(), (refs[k, a], refs[k, b]))
-               for k, ((a, b, _, _), out) in enumerate(zip(jobs, outputs))]
-    return {"pairs": len(jobs), "prompt_voice_closer": float(np.mean([m > 0 for m in margins])) if margins else 0.0,
+    prompts = heldout_clips(folder / "prompts", [lines[p] for _, _, p, _ in voices.jobs]) if voices.jobs else []
+    outputs = demo.synthesize([t for *_, t in voices.jobs], voice_prompts=prompts, seed=seed)
+    margins = [voices.margin(k, out[0].numpy()) for k, out in enumerate(outputs)]
+    return {"pairs": len(margins), "prompt_voice_closer": float(np.mean([m > 0 for m in margins])) if margins else 0.0,
             "mean_margin": float(np.mean(margins)) if margins else None}
 
 
-def codec_voice(codec, lines: list[dict], folder: Path, pairs: int, seed: int) -> float:
+def codec_voice(codec, voices: VoicePairs) -> float:
     """The zero-shot test's ceiling: the share of its pairs where the codec's own 8-level reconstruction of A's
     rendering is closer to A than to B."""
-    embed = speaker_embedder()
-    jobs, refs = voice_jobs(lines, folder / "voices", pairs, seed)
     model, kept = codec.model.eval(), []
-    for k, (a, b, _, _) in enumerate(jobs):
-        audio = soundfile.read(refs[k, a], dtype="float32")[0]
+    for k, audio in enumerate(voices.renderings):
         with torch.inference_mode():
             recon = model.decode(model.encode(torch.from_numpy(audio)[None, None]))[0, 0, : len(audio)].float()
-        kept.append(closer_to_first(embed, recon.numpy(), (refs[k, a], refs[k, b])) > 0)
+        kept.append(voices.margin(k, recon.numpy()) > 0)
     return float(np.mean(kept)) if kept else 0.0
 
 
@@ -216,15 +210,19 @@ def main() -> None:
         hyps = demo.transcribe(clips, seed=args.seed)
         result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / len(clips),
                          "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
+    voices = None
+    if args.pairs and {"tts", "codec"} & set(args.tasks):
+        voices = VoicePairs(lines, folder / "voices", args.pairs, args.seed)
     if "tts" in args.tasks:
-        tts(demo, args, refs, clips, folder, lines, result)
+        tts(demo, args, refs, clips, folder, lines, voices, result)
     if "codec" in args.tasks:
-        codec_part(demo, args, folder, clips, spans, lines, result)
+        codec_part(demo, folder, clips, spans, voices, result)
     write_json(args.out, result)
     report(result)
 
 
-def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: list[dict], result: dict) -> None:
+def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: list[dict], voices: VoicePairs | None,
+        result: dict) -> None:
     started = time.perf_counter()
     speech = demo.synthesize(refs, seed=args.seed)
     tts_s = (time.perf_counter() - started) / len(refs)
@@ -245,15 +243,15 @@ def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: lis
         result["tts"]["wer_sphinx_on_espeak"] = wer(listen(clips), refs)
     except ImportError:
         result["tts"]["wer_sphinx"] = None
-    if args.pairs:
-        result["zero_shot"] = speaker_pairs(demo, lines, folder, args.pairs, args.seed)
+    if voices is not None:
+        result["zero_shot"] = speaker_pairs(demo, voices, lines, folder, args.seed)
 
 
-def codec_part(demo, args, folder: Path, clips: list[Path], spans: list, lines: list[dict], result: dict) -> None:
+def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict) -> None:
     codec = demo.model.codecs["speech"]
     result["codec"] = codec_figures(codec, clips)
-    if args.pairs:
-        result["codec"]["voice_kept"] = codec_voice(codec, lines, folder, args.pairs, args.seed)
+    if voices is not None:
+        result["codec"]["voice_kept"] = codec_voice(codec, voices)
     from anygpt.demo.speech_corpus import plan
 
     train_lines = [{"text": r["text"], "attributes": r} for r in plan(0, {"train": 0, "val": 300})["val"]]
