@@ -115,9 +115,9 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         config = f"configs/demo/{name}.yaml"
         ckpt = run_checkpoint(runs, name)
         lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
-    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, speech_decoder, soundstorm, tokenize, "
-              "lm (repeat a training stage to train it further), then `python -m anygpt.demo.ship`; see README, "
-              "Demo world.", ""]
+    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, speech_codec_refine, speech_decoder, "
+              "soundstorm, tokenize, lm (repeat a training stage to train it further), then "
+              "`python -m anygpt.demo.ship`; see README, Demo world.", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     if corpus.is_file():

@@ -82,6 +82,9 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
             (for a decoder of another width: ``decoder_filters`` in ``codec.config``).
         pitch_weight: Weight of the pitch loss of a decoder with a harmonic branch (``harmonics`` in
             ``codec.config``): its per-frame fundamental against YIN's on the clip, in octaves, voiced frames only.
+        low_band_weight: Weight of ``LowBandSpectrumLoss`` (fine linear-frequency log spectrum below ``f_max``, which
+            tells a frame-rate buzz from the speaker's harmonics); 0: off.
+        low_band: ``LowBandSpectrumLoss`` arguments other than the sample rate (``n_fft``, ``hop_length``, ``f_max``).
     """
 
     def __init__(self, codec: dict[str, Any] | None = None, teacher: nn.Module | None = None,
@@ -95,7 +98,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
                  discriminator_optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, grad_clip: float | None = None,
                  cycle_weight: float = 0.0, frozen_encoder: bool = False, fresh_decoder: bool = False,
-                 pitch_weight: float = 0.0):
+                 pitch_weight: float = 0.0, low_band_weight: float = 0.0, low_band: dict[str, Any] | None = None):
         super().__init__()
         from anygpt.tokenizers.speech import REAL_CONFIG, SpeechTokenizerCodec
 
@@ -108,7 +111,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         if len(set(labels)) != len(labels) or UNKNOWN in labels:
             raise AnyGPTError(f"phoneme_labels must be distinct and leave out {UNKNOWN} (added for unknown labels)")
         if dead_code_threshold < 0 or min(time_weight, commit_weight, distill_weight, adv_weight, feat_weight,
-                                          cycle_weight, pitch_weight) < 0:
+                                          cycle_weight, pitch_weight, low_band_weight) < 0:
             raise AnyGPTError("loss weights and dead_code_threshold must be >= 0")
         if frozen_encoder and codec["checkpoint"] is None:
             raise AnyGPTError("model.init_args.frozen_encoder needs codec.checkpoint: the encoder it keeps")
@@ -139,6 +142,10 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         if {"sample_rate", "weights"} & set(mel):
             raise AnyGPTError("model.init_args.mel: sample_rate is the codec's and weights are mel_weights")
         self.mel_loss = losses.MultiScaleMelLoss(self.sample_rate, mel_weights, **mel)
+        low_band = check_keys("low_band", low_band, losses.LowBandSpectrumLoss)
+        if "sample_rate" in low_band:
+            raise AnyGPTError("model.init_args.low_band: sample_rate is the codec's")
+        self.low_band_loss = losses.LowBandSpectrumLoss(self.sample_rate, **low_band) if low_band_weight else None
         self.teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []  # kept out of checkpoints
         self.labels = {label: i for i, label in enumerate([*labels, UNKNOWN])}
         self.classifier = nn.Linear(self.model_config["dimension"], len(self.labels)) if labels else None
@@ -146,7 +153,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         self.discriminator = losses.MultiScaleSTFTDiscriminator(**discriminator) if adversarial else None
         self.automatic_optimization = not adversarial
         self.weights = {"time": time_weight, "mel": 1.0, "commit": commit_weight, "distill": distill_weight,
-                        "cycle": cycle_weight, "pitch": pitch_weight}
+                        "cycle": cycle_weight, "pitch": pitch_weight, "low_band": low_band_weight}
         self.adv_weight, self.feat_weight, self.dead_code_threshold = adv_weight, feat_weight, dead_code_threshold
         self.optimizer_factory, self.d_optimizer_factory = optimizer, discriminator_optimizer
         self.scheduler_factory, self.grad_clip, self.head_lr = lr_scheduler, grad_clip, head_lr
@@ -219,6 +226,8 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         valid = self._frame_valid(mask)
         parts = {"time": losses.time_l1(out["wave"], audio, mask), "mel": self.mel_loss(out["wave"], audio, mask),
                  "commit": out["commit"], **self._distill(batch, out, valid)}
+        if self.low_band_loss is not None:
+            parts["low_band"] = self.low_band_loss(out["wave"], audio, mask)
         if "f0" in out:
             target, voiced = yin_pitch(losses.masked(audio, mask), self.sample_rate, self.hop)
             parts["pitch"], parts["pitch_semitone_acc"] = pitch_loss(out["f0"], target, voiced & valid)

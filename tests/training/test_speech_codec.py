@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -206,6 +207,10 @@ def test_hubert_teacher_distils_through_the_transform():
     ({"phoneme_labels": ["aa", "aa"]}, "must be distinct"),
     ({"codec": {"decoder": "soundstorm.pt"}}, "leave decoder out"),
     ({"dead_code_threshold": -1.0}, "must be >= 0"),
+    ({"low_band_weight": 1.0, "low_band": {"fmax": 900}}, "low_band: unknown key 'fmax'"),
+    ({"low_band_weight": 1.0, "low_band": {"sample_rate": 8000}}, "sample_rate is the codec's"),
+    ({"low_band_weight": 1.0, "low_band": {"f_max": 9000.0}}, "f_max must be in"),
+    ({"low_band_weight": -1.0}, "must be >= 0"),
 ])
 def test_bad_trainer_arguments_are_one_line_errors(arguments, message):
     from anygpt.training.speech_codec import SpeechTokenizerTrainer
@@ -251,6 +256,43 @@ def test_losses_ignore_padding():
     assert float(mel(pred, target, mask)) == 0.0
     assert float(mel(pred + 0.1 * torch.randn_like(pred), target, mask)) > 1.0
     assert float(losses.si_snr(0.5 * pred, target, mask).min()) > 60.0
+
+
+def _numpy_low_band(wave: np.ndarray, n_fft: int, hop: int, bins: int) -> np.ndarray:
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    frames = np.stack([padded[i: i + n_fft] for i in range(0, len(padded) - n_fft + 1, hop)])
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    return np.log(np.maximum(np.abs(np.fft.rfft(frames * window, axis=-1))[:, :bins], 1e-5)).T
+
+
+def test_low_band_loss_matches_a_numpy_stft_and_ignores_padding():
+    rng = np.random.default_rng(3)
+    pred, target = rng.standard_normal((2, 6000)).astype(np.float32) * 0.1
+    loss = losses.LowBandSpectrumLoss(16000, n_fft=1024, hop_length=160, f_max=500.0)
+    want = np.abs(_numpy_low_band(pred, 1024, 160, 33) - _numpy_low_band(target, 1024, 160, 33)).mean()
+    got = float(loss(torch.from_numpy(pred)[None], torch.from_numpy(target)[None]))
+    assert got == pytest.approx(float(want), rel=1e-4)
+    mask = torch.arange(6000)[None] < 4000
+    clip = torch.from_numpy(target)[None] * mask
+    noisy = clip.clone()
+    noisy[:, 4000:] = torch.randn(1, 2000)
+    assert float(loss(noisy, clip, mask)) == 0.0
+
+
+def _comb(f0: float, seconds: float = 1.0, rate: int = 16000) -> torch.Tensor:
+    t = torch.arange(int(seconds * rate)) / rate
+    return sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, int(4000 / f0))).unsqueeze(0) * 0.05
+
+
+def test_low_band_loss_tells_a_frame_rate_buzz_from_the_speakers_pitch():
+    """A 50 Hz comb (a codec's frame buzz) against a 90 Hz voice: far apart in 7.8 Hz bins, close in the mel loss's
+    first scale, compared with the same voice 20 % louder."""
+    voice, buzz, louder = _comb(90.0), _comb(50.0), 1.2 * _comb(90.0)
+    low = losses.LowBandSpectrumLoss(16000)
+    mel = losses.MultiScaleMelLoss(16000, [1.0])
+    low_ratio = float(low(buzz, voice)) / float(low(louder, voice))
+    mel_ratio = float(mel(buzz, voice)) / float(mel(louder, voice))
+    assert low_ratio > 2.0 * mel_ratio
 
 
 def test_discriminator_and_gan_losses():
