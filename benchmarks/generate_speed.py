@@ -10,8 +10,10 @@ run of the same shape (CUDA graphs captured, caches warm):
 - chat replies through the same fast path (the reply grammar on the GPU, each segment with its preset) at batch 1
   and 8, and their ratio to the fast rows above (``chat_vs_predict``);
 - a 5-s spoken reply (250 speech codes) and a text->image span (32 codes) through the fast path, and the spoken
-  reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights);
-- prefill of a 1000-token prompt (ASR of a 20-s clip): time to the first token;
+  reply end to end (LM, then SoundStorm in bf16 and the SpeechTokenizer decode, full size, random weights), and
+  streamed: the time from ``<sosp>`` to the first 0.5 s of audio (29 codes at the reply's pace, then the first
+  ``ChunkedDecoder`` window);
+- prefill of a 100-token prompt (a chat turn) and of a 1000-token one (ASR of a 20-s clip): time to the first token;
 - last, the model quantized in place to int8 weights (torchao; ``--no-int8`` skips it): weight memory, and the
   fast rows at batch 1 and 8 again.
 
@@ -262,6 +264,21 @@ def main() -> None:
                                "decode_s": seconds, "total_s": lm_seconds + seconds}
     print(f"5-s spoken reply end to end: LM {lm_seconds:.2f} s + SoundStorm/codec {seconds:.3f} s "
           f"= {lm_seconds + seconds:.2f} s for {wav[0].shape[-1] / 16000:.1f} s of audio")
+    # streamed: the first 0.5 s of audio needs 25 codes + 4 of lookahead from the LM (at the spoken reply's pace
+    # above), then one window of SoundStorm + codec decode (ChunkedDecoder, as `chat --stream` runs it)
+    from anygpt.tokenizers.streaming import ChunkedDecoder
+
+    def first_chunk():
+        streamer = ChunkedDecoder(codec, {"seeds": [0]}, chunk=25, context=50, lookahead=4)
+        for code in (codes.tolist() if hasattr(codes, "tolist") else codes):
+            if streamer.push(code):
+                return code
+    first_chunk()
+    window_s, _ = timed(first_chunk, dev)
+    lm_s = 29 * lm_seconds / 252
+    results["first_half_second_audio"] = {"lm_s": lm_s, "decode_s": window_s, "total_s": lm_s + window_s}
+    print(f"streamed spoken reply: first 0.5 s of audio {lm_s + window_s:.3f} s after <sosp> (LM 29 codes "
+          f"{lm_s:.3f} s + first window {window_s:.3f} s)")
 
     # where a batch-1 step goes: the network alone (its CUDA graph), then grammar + sampling alone
     static = StaticLlama(model, 1, 512, graphs=dev == "cuda")
@@ -298,6 +315,10 @@ def main() -> None:
         seconds, ours = timed(lambda: static.prefill(tokens, positions, valid), dev)
         reference = model(tokens).logits[0].float()
     results["ttft_1000_tokens_s"] = seconds
+    with torch.inference_mode():  # the goal's prompt: 100 tokens
+        short = (tokens[:, :100], positions[:, :100])
+        static.prefill(*short, valid)
+        results["ttft_100_tokens_s"], _ = timed(lambda: static.prefill(*short, valid), dev)
     # teacher forcing: every position of the 1000-token prompt, ours (prefill + steps) against transformers
     with torch.inference_mode():
         checks = StaticLlama(model, 1, 1024 + 8, graphs=dev == "cuda")
@@ -308,7 +329,8 @@ def main() -> None:
             errors.append((step - reference[t]).abs().max().item())
     results["teacher_forcing_max_abs_diff"] = max(errors)
     results["logit_scale"] = reference.abs().max().item()
-    print(f"time to first token, 1000-token prompt: {seconds * 1000:.1f} ms; teacher forcing max |diff| "
+    print(f"time to first token, 100-token prompt: {results['ttft_100_tokens_s'] * 1000:.1f} ms, 1000-token prompt: "
+          f"{seconds * 1000:.1f} ms; teacher forcing max |diff| "
           f"{max(errors):.4f} (logits up to {results['logit_scale']:.2f})")
     if dev == "cuda" and not args.no_int8:  # last: quantizes the model in place
         try:
