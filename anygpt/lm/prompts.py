@@ -50,7 +50,8 @@ def base_prompt_text(
 
 
 def base_prompt_ids(
-    tokenizer: TextTokenizer, instruction: str, *, text: str | None = None, span_ids: Sequence[int] | None = None
+    tokenizer: TextTokenizer, instruction: str, *, text: str | None = None, span_ids: Sequence[int] | None = None,
+    voice_ids: Sequence[int] | None = None,
 ) -> list[int]:
     """Ids of the base prompt, ``<s>`` first: ``tokenizer.encode(base_prompt_text(...))`` without the string detour.
 
@@ -59,13 +60,28 @@ def base_prompt_ids(
         instruction: The task instruction.
         text: Text input: ``[Human]: {I} This is input: {text}<eoh> [MMGPT]:``.
         span_ids: A modality span's LM ids: ``[Human]: {I} {span}<eoh> [MMGPT]:``.
+        voice_ids: With ``text``, a voice span's LM ids (a prompt's level-1 codes, tags included):
+            ``[Human]: {I} This is input: {text} Voice: {voice}<eoh> [MMGPT]:``. Not in the original, whose LM
+            never sees the voice; only a model trained on such prompts (``voice_prompt`` records) uses it.
     """
     _check_input(tokenizer, text, span_ids)
+    if voice_ids is not None:
+        _check_voice(tokenizer, text, voice_ids)
+        head = tokenizer.encode_template("[Human]: {instruction} This is input: {text} Voice: ",
+                                         instruction=instruction, text=text)
+        return head + [int(i) for i in voice_ids] + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
     if text is not None:
         return tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]:",
                        instruction=instruction, text=text)
     head = tokenizer.encode_template("[Human]: {instruction} ", instruction=instruction)
     return head + [int(i) for i in span_ids] + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
+
+
+def _check_voice(tokenizer: TextTokenizer, text: str | None, voice_ids: Sequence[int]) -> None:
+    if text is None:
+        raise AnyGPTError("voice_ids go with a text input (a text-to-speech prompt)")
+    if not voice_ids or any(not tokenizer.sp_size <= int(i) < len(tokenizer) for i in voice_ids):
+        raise AnyGPTError("voice_ids must be a non-empty list of added-token ids (<so..> codes <eo..>)")
 
 
 def pretrain_sequence_ids(
@@ -76,6 +92,7 @@ def pretrain_sequence_ids(
     direction: Direction,
     eos_id: int | None = None,
     add_eos_token: bool = True,
+    voice_ids: Sequence[int] | None = None,
 ) -> list[int]:
     """One stage-1 pretraining example as ids (pipeline §5.2), ``<s>`` first.
 
@@ -91,6 +108,8 @@ def pretrain_sequence_ids(
         direction: ``to_text`` (X to text) or ``from_text`` (text to X).
         eos_id: LM id of ``<eos>``; None looks it up in the tokenizer.
         add_eos_token: Append ``</s>`` (the original skipped it for some datasets).
+        voice_ids: ``from_text`` only: a voice span (another clip of the same speaker, level-1 codes), as
+            ``base_prompt_ids`` places it: ``... This is input: {text} Voice: {voice}<eoh> [MMGPT]: {span}<eos>``.
     """
     _check_input(tokenizer, None, span_ids)
     if eos_id is None:
@@ -98,9 +117,16 @@ def pretrain_sequence_ids(
         if eos_id is None:
             raise AnyGPTError("the tokenizer has no <eos> token: pass eos_id or add the AnyGPT tokens")
     span = [int(i) for i in span_ids]
+    if voice_ids is not None and direction != "from_text":
+        raise AnyGPTError("voice_ids go with the from_text direction (text to speech)")
     if direction == "to_text":
         ids = tokenizer.encode_template("[Human]: {instruction} ", instruction=instruction) + span
         ids += tokenizer.encode_template("<eoh> [MMGPT]: {text}", bos=False, text=text)
+    elif direction == "from_text" and voice_ids is not None:
+        _check_voice(tokenizer, text, voice_ids)
+        ids = tokenizer.encode_template("[Human]: {instruction} This is input: {text} Voice: ",
+                                        instruction=instruction, text=text)
+        ids += [int(i) for i in voice_ids] + tokenizer.encode("<eoh> [MMGPT]: ", bos=False) + span
     elif direction == "from_text":
         ids = tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ",
                       instruction=instruction, text=text) + span

@@ -70,6 +70,10 @@ class UnifiedLM(FitHooks, LightningModule):
             ``merge_adapters()`` folds them into the base weights. None: every weight trains.
         optimizer: Optimizer factory for ``fit``; None is AdamW(lr=2e-5, weight_decay=0).
         lr_scheduler: Scheduler factory for ``fit``; None keeps the learning rate constant.
+        voice_in_prompt: A text-to-X request with a voice prompt also shows the LM the prompt's level-1 codes
+            (``... This is input: {text} Voice: <sosp>...<eosp><eoh> [MMGPT]:``), so a model trained on records
+            with a ``voice_prompt`` span speaks in that voice; the second-stage decoder still gets the prompt as
+            before. Off: AnyGPT's LM never sees the voice, and its released weights were not trained for it.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class UnifiedLM(FitHooks, LightningModule):
         lora: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        voice_in_prompt: bool = False,
     ):
         super().__init__()
         # Keep configs, never module instances (they may be large, and some cannot be copied). Under the CLI,
@@ -111,6 +116,7 @@ class UnifiedLM(FitHooks, LightningModule):
         if prompt_format != "base":
             raise AnyGPTError(f"prompt_format {prompt_format!r} is not supported (choose 'base')")
         self.prompt_format, self.grammar, self.seed = prompt_format, grammar, seed
+        self.voice_in_prompt = voice_in_prompt
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.lora = LoraSpec.parse(lora)
 
@@ -276,14 +282,16 @@ class UnifiedLM(FitHooks, LightningModule):
         else:
             direction, modality = "to_text", request.source
         instruction = request.instruction or self.instructions.choose(direction, modality, rng)
+        preset = self.presets.get(request.target, GenerationPreset())
+        options = self._decode_options(request, preset)
+        voice = self._voice_span(request.target, options) if self.voice_in_prompt else None
         if request.source == "text":
-            prompt = base_prompt_ids(self.tokenizer, instruction, text=request.content)
+            prompt = base_prompt_ids(self.tokenizer, instruction, text=request.content, voice_ids=voice)
         else:
             codes = self.codecs[modality].encode([request.content])[0]
             tokens = self.layout.ranges[modality]
             span = [tokens.bos, *tokens.to_lm(codes).tolist(), tokens.eos]
             prompt = base_prompt_ids(self.tokenizer, instruction, span_ids=span)
-        preset = self.presets.get(request.target, GenerationPreset())
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
         if limit and len(prompt) + preset.max_new_tokens > limit:
             raise AnyGPTError(
@@ -295,9 +303,20 @@ class UnifiedLM(FitHooks, LightningModule):
         grammar = SpanGrammar(target, self.codecs.get(request.target), stop_ids=self.stop_ids,
                               lead_in_ids=[space] if space is not None else [], enforce=self.grammar,
                               min_new_tokens=preset.min_new_tokens, text_ranges=[(0, self.layout.base_size)])
-        options = self._decode_options(request, preset)
         response.update(seed=request.seed, instruction=instruction, prompt_tokens=len(prompt))
         return prompt, preset, grammar, options
+
+    def _voice_span(self, target: str, options: dict) -> list[int] | None:
+        """LM ids of the voice prompt's level-1 codes (tags included), from the prompt ``_decode_options``
+        encoded for the target codec (all-level codes ``[T, levels]``); None without a prompt."""
+        prompts = options.get("prompts")
+        if not prompts or target not in self.layout.ranges:
+            return None
+        codes = prompts[0]
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.is_floating_point():
+            raise AnyGPTError(f"voice_in_prompt: the {target} codec's encoded voice prompt is not a code table")
+        tokens = self.layout.ranges[target]
+        return [tokens.bos, *tokens.to_lm(codes[:, 0].cpu()).tolist(), tokens.eos]
 
     def _decode_options(self, request: Request, preset: GenerationPreset) -> dict:
         """Keyword arguments of the target codec's ``decode`` for this request (those its signature takes).
@@ -372,26 +391,37 @@ class UnifiedLM(FitHooks, LightningModule):
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             raise AnyGPTError("record has no text")
-        others = [k for k in record if k != "text"]
+        others = [k for k in record if k not in ("text", "voice_prompt")]
         if len(others) != 1:
             raise AnyGPTError(f"record needs exactly one modality key beside 'text', got {others}")
         modality = others[0]
         if modality not in self.codecs:
             raise AnyGPTError(f"unknown modality key {modality!r} (known: {', '.join(self.codecs)})")
-        value, tokens = record[modality], self.layout.ranges[modality]
-        if not isinstance(value, str):
-            raise AnyGPTError(f"{modality} must be a token string")
-        span = self.layout.ids_from_string(value)
-        if len(span) < 3 or span[0] != tokens.bos or span[-1] != tokens.eos:
-            raise AnyGPTError(f"{modality} token string must be {tokens.start_tag}<codes>{tokens.end_tag}")
-        check_span(self.codecs[modality], tokens.from_lm(span[1:-1]))
+        span = self._record_span(record[modality], modality, modality)
+        tokens = self.layout.ranges[modality]
         direction = "to_text" if rng.random() < to_text_prob else "from_text"
         instruction = self.instructions.choose(direction, modality, rng)
         if direction == "to_text" and code_noise > 0:
             span = _noisy_span(self.codecs[modality], tokens, span, code_noise, rng)
-        ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id)
+        voice = None
+        if direction == "from_text" and record.get("voice_prompt") is not None:
+            voice = self._record_span(record["voice_prompt"], modality, "voice_prompt")
+        ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id,
+                                    voice_ids=voice)
         task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
         return ids[:max_length], task
+
+
+    def _record_span(self, value: Any, modality: str, field: str) -> list[int]:
+        """A record's token string of ``modality`` (tags included) as LM ids, checked against its codec."""
+        tokens = self.layout.ranges[modality]
+        if not isinstance(value, str):
+            raise AnyGPTError(f"{field} must be a token string")
+        span = self.layout.ids_from_string(value)
+        if len(span) < 3 or span[0] != tokens.bos or span[-1] != tokens.eos:
+            raise AnyGPTError(f"{field} token string must be {tokens.start_tag}<codes>{tokens.end_tag}")
+        check_span(self.codecs[modality], tokens.from_lm(span[1:-1]))
+        return span
 
 
 def _noisy_span(codec: Any, tokens: Any, span: list[int], share: float, rng: random.Random) -> list[int]:

@@ -92,6 +92,27 @@ def test_pretrain_from_text_sequence():
         pretrain_sequence_ids(tok, "x", "y", span, "sideways")
 
 
+def test_voice_prompt_sits_after_the_text_and_the_training_sequence_extends_it():
+    """Not in the original: a text-to-speech prompt may carry a voice span; the ids equal the tokenizer's encoding of
+    the written-out prompt, and the training sequence starts with exactly the prompt that inference builds."""
+    tok = released()
+    layout = VocabLayout.from_tokenizer(tok, CODECS)
+    voice, span = span_ids(layout, "speech", [3, 17, 17, 900]), span_ids(layout, "speech", [5, 6, 1023])
+    prompt = base_prompt_ids(tok, "Speak this.", text="a red ball", voice_ids=voice)
+    voice_text = layout.string_from_ids(voice)
+    assert prompt == tok.encode(f"[Human]: Speak this. This is input: a red ball Voice: {voice_text}<eoh> [MMGPT]:")
+    ids = pretrain_sequence_ids(tok, "Speak this.", "a red ball", span, "from_text", voice_ids=voice)
+    assert ids == tok.encode(f"[Human]: Speak this. This is input: a red ball Voice: {voice_text}<eoh> [MMGPT]: "
+                             f"{layout.string_from_ids(span)}<eos>") + [2]
+    assert ids[:len(prompt)] == prompt
+    with pytest.raises(AnyGPTError, match="voice_ids go with a text input"):
+        base_prompt_ids(tok, "Describe.", span_ids=span, voice_ids=voice)
+    with pytest.raises(AnyGPTError, match="from_text direction"):
+        pretrain_sequence_ids(tok, "Describe.", "a red ball", span, "to_text", voice_ids=voice)
+    with pytest.raises(AnyGPTError, match="added-token ids"):
+        base_prompt_ids(tok, "Speak.", text="a", voice_ids=[476, 929])
+
+
 # --- instruction pools ---
 
 

@@ -70,3 +70,53 @@ def test_bad_speech_spans_fail_alone(monkeypatch):
     assert out[0]["error"] == "request 0: ValueError: the speech span is empty"
     assert "not a speech code" in out[1]["error"]
     assert out[2]["media"].shape == (1, 640)
+
+
+def test_voice_in_prompt_shows_the_lm_the_prompts_level_one_codes(monkeypatch):
+    """With ``voice_in_prompt`` a TTS request's voice prompt reaches the LM as its RVQ-1 codes (the first column of
+    the codes SoundStorm gets), after the text; without it, or without a voice prompt, the prompt is the original's."""
+    from anygpt.lm import unified
+    from anygpt.lm.prompts import base_prompt_ids
+
+    model = UnifiedLM(backbone=BACKBONE, tokenizer="tiny", codecs={"speech": SpeechTokenizerCodec.tiny()},
+                      generation=SMALL, voice_in_prompt=True)
+    speech, codec = model.layout.ranges["speech"], model.codecs["speech"]
+    seen = []
+
+    def fake_generate(backbone, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return [[speech.bos, speech.start + 1, speech.eos] for _ in prompts]
+
+    monkeypatch.setattr(unified, "generate", fake_generate)
+    batch = [parse_line(f"text|speech|a red ball|{VOICE}", 0), parse_line("text|speech|a red ball", 1)]
+    for r in batch:
+        r.instruction = "Speak this."
+    out = model.predict_step(batch)
+    assert [r["status"] for r in out] == ["ok", "ok"], out
+    level_one = codec.encode_prompt(VOICE)[:, 0]
+    voice = [speech.bos, *(speech.start + level_one).tolist(), speech.eos]
+    assert seen[0] == base_prompt_ids(model.tokenizer, "Speak this.", text="a red ball", voice_ids=voice)
+    assert seen[1] == base_prompt_ids(model.tokenizer, "Speak this.", text="a red ball")
+
+
+def test_voice_prompt_records_train_text_to_speech_in_that_voice():
+    import random
+
+    from anygpt.lm.prompts import pretrain_sequence_ids
+
+    model = UnifiedLM(backbone=BACKBONE, tokenizer="tiny", codecs={"speech": SpeechTokenizerCodec.tiny()})
+    record = {"text": "a red ball", "speech": "<sosp><🗣️5><🗣️6><eosp>", "voice_prompt": "<sosp><🗣️7><🗣️8><🗣️9><eosp>"}
+    speech = model.layout.ranges["speech"]
+    ids, task = model.build_example(record, random.Random(0), to_text_prob=0.0)
+    voice = [speech.bos, speech.start + 7, speech.start + 8, speech.start + 9, speech.eos]
+    span = [speech.bos, speech.start + 5, speech.start + 6, speech.eos]
+    rng = random.Random(0)
+    rng.random()  # the direction's draw, then the instruction's
+    instruction = model.instructions.choose("from_text", "speech", rng)
+    assert task == "text_to_speech"
+    assert ids == pretrain_sequence_ids(model.tokenizer, instruction, "a red ball", span, "from_text",
+                                        eos_id=model.reply_end_id, voice_ids=voice)
+    ids_to_text, task = model.build_example(record, random.Random(0), to_text_prob=1.0)
+    assert task == "speech_to_text" and speech.start + 7 not in ids_to_text  # recognition never sees the voice
+    with pytest.raises(Exception, match="voice_prompt token string"):
+        model.build_example({**record, "voice_prompt": "<sosp><eosp>"}, random.Random(0), to_text_prob=0.0)
