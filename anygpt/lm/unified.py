@@ -386,7 +386,9 @@ class UnifiedLM(FitHooks, LightningModule):
 
         ``code_noise``: in a to-text example, the chance that each input code is replaced by a random code that its
         position allows (an augmentation: recognition that tolerates imperfect codes, such as those of synthesized
-        speech). Returns the token ids and the task name (``music_to_text`` or ``text_to_music``).
+        speech). A ``voice_prompt`` span (another clip of the same speaker) joins the prompt of a from-text example
+        (``base_prompt_ids``' ``voice_ids``). Returns the token ids and the task name (``music_to_text``,
+        ``text_to_music``, or ``text_to_speech_with_voice``).
         """
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -409,7 +411,7 @@ class UnifiedLM(FitHooks, LightningModule):
         ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id,
                                     voice_ids=voice)
         task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
-        return ids[:max_length], task
+        return ids[:max_length], task + ("_with_voice" if voice is not None else "")
 
 
     def _record_span(self, value: Any, modality: str, field: str) -> list[int]:

@@ -14,7 +14,8 @@
 #                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~7 items/s a core).
 #                 Finished shards are kept, so a stopped run goes on where it stopped; DEMO_RETOKENIZE=1 starts over
 #                 (after the codec's encoder changed: the speech_decoder stage leaves the codes as they were)
-#   lm            the text tokenizer (runs/demo/tokenizer); train the LM on the shards (configs/demo/lm.yaml)
+#   lm            the text tokenizer (runs/demo/tokenizer) and the voice-prompt records (data/demo/voice_records,
+#                 from the shards: anygpt.demo.voice_records); train the LM on them (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -85,6 +86,10 @@ case "$stage" in
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
+    for split in train val; do
+      [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
+        "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
+    done
     fit configs/demo/lm.yaml lm; pack lm ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac

@@ -113,7 +113,7 @@ def test_voice_prompt_records_train_text_to_speech_in_that_voice():
     rng = random.Random(0)
     rng.random()  # the direction's draw, then the instruction's
     instruction = model.instructions.choose("from_text", "speech", rng)
-    assert task == "text_to_speech"
+    assert task == "text_to_speech_with_voice"
     assert ids == pretrain_sequence_ids(model.tokenizer, instruction, "a red ball", span, "from_text",
                                         eos_id=model.reply_end_id, voice_ids=voice)
     ids_to_text, task = model.build_example(record, random.Random(0), to_text_prob=1.0)
