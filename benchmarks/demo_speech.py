@@ -6,7 +6,9 @@ installed, of an independent recogniser (PocketSphinx en-us on the demo grammar,
 same speech and on the espeak-ng originals. Zero-shot TTS: a held-out clip of voice A prompts the synthesis of another
 sentence; a pretrained speaker encoder (``resemblyzer``) compares the output with espeak-ng's rendering of that
 sentence by voice A and by another held-out voice B; a pair counts when A is the closer one (its ceiling, reported
-with the codec as "voice kept": the same test on the codec's own reconstruction of A's rendering). Codec: mel distance
+with the codec as "voice kept": the same test on the codec's own reconstruction of A's rendering; and SoundStorm's
+part: with A's prompt, from the RVQ-1 codes of A's rendering and of B's, which tells whether the codes or the prompt
+carry the voice). Codec: mel distance
 (mean |log mel| difference, 80 bands) and SI-SNR (torchmetrics) of 8-level reconstructions, the perplexity of each
 RVQ level's code distribution, RVQ-1's phoneme purity (each code labelled by a majority vote on 300 clips of
 training voices; the share of held-out-voice frames whose code names their phoneme) and the share of RVQ-1 codes that
@@ -124,7 +126,7 @@ def codec_figures(codec, paths: list[Path]) -> dict:
 class VoicePairs:
     """The voice test, drawn and rendered once for the rows that use it: ``pairs`` draws of two held-out voices A, B
     and a held-out sentence (``jobs``: A, B, the index of A's prompt line, the sentence), espeak-ng's renderings of
-    each sentence by A (``renderings``) and by B, and resemblyzer's embeddings of both renderings."""
+    each sentence by A (``renderings``) and by B (``others``), and resemblyzer's embeddings of both renderings."""
 
     def __init__(self, lines: list[dict], folder: Path, pairs: int, seed: int):
         from resemblyzer import VoiceEncoder, preprocess_wav
@@ -140,7 +142,7 @@ class VoicePairs:
         for _ in range(pairs):
             a, b = rng.sample(voices, 2)
             self.jobs.append((a, b, by_voice[a][0], lines[rng.randrange(len(lines))]["text"]))
-        self.renderings, self.references = [], []
+        self.renderings, self.others, self.references = [], [], []
         for k, (a, b, _, text) in enumerate(self.jobs):
             audio = []
             for voice in (a, b):
@@ -148,6 +150,7 @@ class VoicePairs:
                 path = heldout_clips(folder / f"ref{k}_{voice.replace('+', '_')}", [line])[0]
                 audio.append(soundfile.read(path, dtype="float32")[0])
             self.renderings.append(audio[0])
+            self.others.append(audio[1])
             self.references.append(tuple(self.embed(x) for x in audio))
 
     def margin(self, job: int, audio) -> float:
@@ -175,6 +178,19 @@ def codec_voice(codec, voices: VoicePairs) -> float:
             recon = model.decode(model.encode(torch.from_numpy(audio)[None, None]))[0, 0, : len(audio)].float()
         kept.append(voices.margin(k, recon.numpy()) > 0)
     return float(np.mean(kept)) if kept else 0.0
+
+
+def soundstorm_voice(codec, voices: VoicePairs, prompts: list[Path]) -> dict:
+    """SoundStorm's share of the zero-shot test: with A's prompt, from the RVQ-1 codes of A's own rendering of the
+    sentence (codes in the prompt's voice) and from those of B's rendering (codes in another voice), the share of
+    pairs whose output is closer to A than to B."""
+    kept: dict[str, list[bool]] = {"own_codes": [], "other_codes": []}
+    for k, prompt in enumerate(prompts):
+        for key, audio in (("own_codes", voices.renderings[k]), ("other_codes", voices.others[k])):
+            ids = codec.encode([(torch.from_numpy(audio)[None], 16000)])[0]
+            out = codec.decode([ids], prompts=[prompt], seeds=[k])[0]
+            kept[key].append(voices.margin(k, out[0].numpy()) > 0)
+    return {f"soundstorm_voice_{key}": float(np.mean(v)) if v else None for key, v in kept.items()}
 
 
 def main() -> None:
@@ -216,7 +232,7 @@ def main() -> None:
     if "tts" in args.tasks:
         tts(demo, args, refs, clips, folder, lines, voices, result)
     if "codec" in args.tasks:
-        codec_part(demo, folder, clips, spans, voices, result)
+        codec_part(demo, folder, clips, spans, voices, result, lines)
     write_json(args.out, result)
     report(result)
 
@@ -247,11 +263,15 @@ def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: lis
         result["zero_shot"] = speaker_pairs(demo, voices, lines, folder, args.seed)
 
 
-def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict) -> None:
+def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict,
+               lines: list[dict]) -> None:
     codec = demo.model.codecs["speech"]
     result["codec"] = codec_figures(codec, clips)
     if voices is not None:
         result["codec"]["voice_kept"] = codec_voice(codec, voices)
+        if getattr(codec, "decoder", None) is not None:
+            prompts = heldout_clips(folder / "soundstorm_prompts", [lines[p] for _, _, p, _ in voices.jobs])
+            result["codec"].update(soundstorm_voice(codec, voices, prompts))
     from anygpt.demo.speech_corpus import plan
 
     train_lines = [{"text": r["text"], "attributes": r} for r in plan(0, {"train": 0, "val": 300})["val"]]
@@ -280,6 +300,9 @@ def report(result: dict) -> None:
         if c.get("voice_kept") is not None:
             print(f"{'codec':<14} {'voice kept by the codec (zero-shot ceiling)':<44} "
                   f"{100 * c['voice_kept']:>7.1f}%")
+        if c.get("soundstorm_voice_own_codes") is not None:
+            print(f"{'codec':<14} {'SoundStorm, A prompt: A / B codes closer to A':<44} "
+                  f"{100 * c['soundstorm_voice_own_codes']:>7.1f}% / {100 * c['soundstorm_voice_other_codes']:.1f}%")
         print(f"{'codec':<14} {'RVQ-1 codes kept by decode + re-encode':<44} "
               f"{100 * c['rvq1_round_trip_agreement']:>7.1f}%")
         if c.get("pitch_error_semitones") is not None:
