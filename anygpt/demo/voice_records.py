@@ -1,7 +1,7 @@
 """Text-to-speech records with a voice prompt, for the demo LM to speak in the voice it is shown.
 
 The demo codec's RVQ-1 codes carry the speaker as well as the phonemes (SoundStorm, given voice A's prompt, keeps A's
-voice in 73 % of held-out pairs from A's own codes and in 47 % from B's), so voice cloning needs an LM that chooses
+voice in 70 % of held-out pairs from A's own codes and in 52 % from B's), so voice cloning needs an LM that chooses
 codes in the prompt's voice. Each record pairs a training utterance with the first ``prompt_codes`` RVQ-1 codes of
 another utterance by the same voice (``UnifiedLM(voice_in_prompt=True)`` shows the LM a request's voice prompt the
 same way, cut to the codec's ``prompt_seconds``)::
