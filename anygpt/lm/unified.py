@@ -22,7 +22,8 @@ from anygpt.lm.decoding.loop import generate
 from anygpt.lm.decoding.presets import GenerationPreset, build_presets
 from anygpt.lm.fitting import FitHooks, token_cross_entropy
 from anygpt.lm.lora import LoraSpec, add_lora
-from anygpt.lm.prompts import InstructionPools, base_prompt_ids, pretrain_sequence_ids
+from anygpt.lm.examples import pretrain_example
+from anygpt.lm.prompts import InstructionPools, base_prompt_ids
 from anygpt.lm.tokenizer import TextTokenizer
 from anygpt.tokenizers.vocab import SPECIALS, VocabLayout
 from anygpt.tokenizers.base import check_span, complete_length, decode_options, encode_voice_prompt, instantiate
@@ -388,50 +389,9 @@ class UnifiedLM(FitHooks, LightningModule):
         position allows (an augmentation: recognition that tolerates imperfect codes, such as those of synthesized
         speech). A ``voice_prompt`` span (another clip of the same speaker) joins the prompt of a from-text example
         (``base_prompt_ids``' ``voice_ids``). Returns the token ids and the task name (``music_to_text``,
-        ``text_to_music``, or ``text_to_speech_with_voice``).
+        ``text_to_music``, or ``text_to_speech_with_voice``); see ``anygpt.lm.examples``.
         """
-        text = record.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise AnyGPTError("record has no text")
-        others = [k for k in record if k not in ("text", "voice_prompt")]
-        if len(others) != 1:
-            raise AnyGPTError(f"record needs exactly one modality key beside 'text', got {others}")
-        modality = others[0]
-        if modality not in self.codecs:
-            raise AnyGPTError(f"unknown modality key {modality!r} (known: {', '.join(self.codecs)})")
-        span = self._record_span(record[modality], modality, modality)
-        tokens = self.layout.ranges[modality]
-        direction = "to_text" if rng.random() < to_text_prob else "from_text"
-        instruction = self.instructions.choose(direction, modality, rng)
-        if direction == "to_text" and code_noise > 0:
-            span = _noisy_span(self.codecs[modality], tokens, span, code_noise, rng)
-        voice = None
-        if direction == "from_text" and record.get("voice_prompt") is not None:
-            voice = self._record_span(record["voice_prompt"], modality, "voice_prompt")
-        ids = pretrain_sequence_ids(self.tokenizer, instruction, text, span, direction, eos_id=self.reply_end_id,
-                                    voice_ids=voice)
-        task = f"{modality}_to_text" if direction == "to_text" else f"text_to_{modality}"
-        return ids[:max_length], task + ("_with_voice" if voice is not None else "")
-
-
-    def _record_span(self, value: Any, modality: str, field: str) -> list[int]:
-        """A record's token string of ``modality`` (tags included) as LM ids, checked against its codec."""
-        tokens = self.layout.ranges[modality]
-        if not isinstance(value, str):
-            raise AnyGPTError(f"{field} must be a token string")
-        span = self.layout.ids_from_string(value)
-        if len(span) < 3 or span[0] != tokens.bos or span[-1] != tokens.eos:
-            raise AnyGPTError(f"{field} token string must be {tokens.start_tag}<codes>{tokens.end_tag}")
-        check_span(self.codecs[modality], tokens.from_lm(span[1:-1]))
-        return span
-
-
-def _noisy_span(codec: Any, tokens: Any, span: list[int], share: float, rng: random.Random) -> list[int]:
-    codes = tokens.from_lm(span[1:-1]).tolist()
-    for position in range(len(codes)):
-        if rng.random() < share:
-            codes[position] = rng.randrange(*codec.allowed(position))
-    return [span[0], *tokens.to_lm(codes).tolist(), span[-1]]
+        return pretrain_example(self, record, rng, max_length, to_text_prob, code_noise)
 
 
 def _cli_hparams() -> dict | None:
