@@ -126,7 +126,8 @@ def codec_figures(codec, paths: list[Path]) -> dict:
 class VoicePairs:
     """The voice test, drawn and rendered once for the rows that use it: ``pairs`` draws of two held-out voices A, B
     and a held-out sentence (``jobs``: A, B, the index of A's prompt line, the sentence), espeak-ng's renderings of
-    each sentence by A (``renderings``) and by B (``others``), and resemblyzer's embeddings of both renderings."""
+    each sentence by A (``renderings``) and by B (``others``), resemblyzer's embeddings of both renderings, and
+    the clips of A's prompt lines (``prompts``)."""
 
     def __init__(self, lines: list[dict], folder: Path, pairs: int, seed: int):
         from resemblyzer import VoiceEncoder, preprocess_wav
@@ -152,6 +153,7 @@ class VoicePairs:
             self.renderings.append(audio[0])
             self.others.append(audio[1])
             self.references.append(tuple(self.embed(x) for x in audio))
+        self.prompts = heldout_clips(folder / "prompts", [lines[p] for _, _, p, _ in self.jobs]) if self.jobs else []
 
     def margin(self, job: int, audio) -> float:
         """How much closer ``audio``'s voice is to job's voice A than to its voice B (cosine)."""
@@ -160,10 +162,9 @@ class VoicePairs:
         return float(e @ e_a) - float(e @ e_b)
 
 
-def speaker_pairs(demo, voices: VoicePairs, lines: list[dict], folder: Path, seed: int) -> dict:
+def speaker_pairs(demo, voices: VoicePairs, seed: int) -> dict:
     """Zero-shot TTS: is the output closer to its prompt's voice than to another held-out voice?"""
-    prompts = heldout_clips(folder / "prompts", [lines[p] for _, _, p, _ in voices.jobs]) if voices.jobs else []
-    outputs = demo.synthesize([t for *_, t in voices.jobs], voice_prompts=prompts, seed=seed)
+    outputs = demo.synthesize([t for *_, t in voices.jobs], voice_prompts=voices.prompts, seed=seed)
     margins = [voices.margin(k, out[0].numpy()) for k, out in enumerate(outputs)]
     return {"pairs": len(margins), "prompt_voice_closer": float(np.mean([m > 0 for m in margins])) if margins else 0.0,
             "mean_margin": float(np.mean(margins)) if margins else None}
@@ -180,12 +181,12 @@ def codec_voice(codec, voices: VoicePairs) -> float:
     return float(np.mean(kept)) if kept else 0.0
 
 
-def soundstorm_voice(codec, voices: VoicePairs, prompts: list[Path]) -> dict:
+def soundstorm_voice(codec, voices: VoicePairs) -> dict:
     """SoundStorm's share of the zero-shot test: with A's prompt, from the RVQ-1 codes of A's own rendering of the
     sentence (codes in the prompt's voice) and from those of B's rendering (codes in another voice), the share of
     pairs whose output is closer to A than to B."""
     kept: dict[str, list[bool]] = {"own_codes": [], "other_codes": []}
-    for k, prompt in enumerate(prompts):
+    for k, prompt in enumerate(voices.prompts):
         for key, audio in (("own_codes", voices.renderings[k]), ("other_codes", voices.others[k])):
             ids = codec.encode([(torch.from_numpy(audio)[None], 16000)])[0]
             out = codec.decode([ids], prompts=[prompt], seeds=[k])[0]
@@ -230,15 +231,14 @@ def main() -> None:
     if args.pairs and {"tts", "codec"} & set(args.tasks):
         voices = VoicePairs(lines, folder / "voices", args.pairs, args.seed)
     if "tts" in args.tasks:
-        tts(demo, args, refs, clips, folder, lines, voices, result)
+        tts(demo, args, refs, clips, folder, voices, result)
     if "codec" in args.tasks:
-        codec_part(demo, folder, clips, spans, voices, result, lines)
+        codec_part(demo, folder, clips, spans, voices, result)
     write_json(args.out, result)
     report(result)
 
 
-def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: list[dict], voices: VoicePairs | None,
-        result: dict) -> None:
+def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, voices: VoicePairs | None, result: dict) -> None:
     started = time.perf_counter()
     speech = demo.synthesize(refs, seed=args.seed)
     tts_s = (time.perf_counter() - started) / len(refs)
@@ -260,18 +260,16 @@ def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, lines: lis
     except ImportError:
         result["tts"]["wer_sphinx"] = None
     if voices is not None:
-        result["zero_shot"] = speaker_pairs(demo, voices, lines, folder, args.seed)
+        result["zero_shot"] = speaker_pairs(demo, voices, args.seed)
 
 
-def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict,
-               lines: list[dict]) -> None:
+def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict) -> None:
     codec = demo.model.codecs["speech"]
     result["codec"] = codec_figures(codec, clips)
     if voices is not None:
         result["codec"]["voice_kept"] = codec_voice(codec, voices)
         if getattr(codec, "decoder", None) is not None:
-            prompts = heldout_clips(folder / "soundstorm_prompts", [lines[p] for _, _, p, _ in voices.jobs])
-            result["codec"].update(soundstorm_voice(codec, voices, prompts))
+            result["codec"].update(soundstorm_voice(codec, voices))
     from anygpt.demo.speech_corpus import plan
 
     train_lines = [{"text": r["text"], "attributes": r} for r in plan(0, {"train": 0, "val": 300})["val"]]

@@ -270,7 +270,7 @@ def main() -> None:
 
     def first_chunk():
         streamer = ChunkedDecoder(codec, {"seeds": [0]}, chunk=25, context=50, lookahead=4)
-        for code in (codes.tolist() if hasattr(codes, "tolist") else codes):
+        for code in codes.tolist():
             if streamer.push(code):
                 return code
     first_chunk()

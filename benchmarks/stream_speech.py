@@ -5,7 +5,8 @@ spoken chat reply is while it is generated.
 Reports, per chunking: the mel distance between the joined chunks and the whole decode (mean |log mel| difference,
 80 bands), the seam ratio (the largest sample jump at a chunk join over the median sample jump of the whole decode;
 the goal is <= 3) beside the same ratio of the whole decode's own jumps at those sample positions (speech jumps
-there too: a seam ratio near this baseline is no seam), and the time to the first chunk (decoding the first window) against the whole decode's time.
+there too: a seam ratio near this baseline is no seam), and the time to the first chunk (decoding the first window)
+against the whole decode's time.
 
     python benchmarks/stream_speech.py                  # CPU, 8 held-out clips
     python benchmarks/stream_speech.py --device cuda

@@ -105,8 +105,7 @@ def span_string(model, modality: str, path: str, number: int) -> str:
         codes = model.codecs[modality].encode([path])[0]
     except AnyGPTError as err:
         raise AnyGPTError(f"turn {number}: {modality} {err}") from err
-    rng = model.layout.ranges[modality]
-    return model.layout.string_from_ids([rng.bos, *rng.to_lm(codes).tolist(), rng.eos])
+    return model.layout.string_from_ids(model.layout.ranges[modality].span(codes))
 
 
 def assistant_text(model, turn: ChatTurn, number: int) -> str:

@@ -66,10 +66,7 @@ def base_prompt_ids(
     """
     _check_input(tokenizer, text, span_ids)
     if voice_ids is not None:
-        _check_voice(tokenizer, text, voice_ids)
-        head = tokenizer.encode_template("[Human]: {instruction} This is input: {text} Voice: ",
-                                         instruction=instruction, text=text)
-        return head + [int(i) for i in voice_ids] + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
+        return _voiced_head(tokenizer, instruction, text, voice_ids) + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
     if text is not None:
         return tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]:",
                        instruction=instruction, text=text)
@@ -77,11 +74,16 @@ def base_prompt_ids(
     return head + [int(i) for i in span_ids] + tokenizer.encode("<eoh> [MMGPT]:", bos=False)
 
 
-def _check_voice(tokenizer: TextTokenizer, text: str | None, voice_ids: Sequence[int]) -> None:
+def _voiced_head(tokenizer: TextTokenizer, instruction: str, text: str | None,
+                 voice_ids: Sequence[int]) -> list[int]:
+    """``[Human]: {I} This is input: {text} Voice: {voice}``, checked: what a voiced prompt has before ``<eoh>``."""
     if text is None:
         raise AnyGPTError("voice_ids go with a text input (a text-to-speech prompt)")
     if not voice_ids or any(not tokenizer.sp_size <= int(i) < len(tokenizer) for i in voice_ids):
         raise AnyGPTError("voice_ids must be a non-empty list of added-token ids (<so..> codes <eo..>)")
+    head = tokenizer.encode_template("[Human]: {instruction} This is input: {text} Voice: ",
+                                     instruction=instruction, text=text)
+    return head + [int(i) for i in voice_ids]
 
 
 def pretrain_sequence_ids(
@@ -123,10 +125,8 @@ def pretrain_sequence_ids(
         ids = tokenizer.encode_template("[Human]: {instruction} ", instruction=instruction) + span
         ids += tokenizer.encode_template("<eoh> [MMGPT]: {text}", bos=False, text=text)
     elif direction == "from_text" and voice_ids is not None:
-        _check_voice(tokenizer, text, voice_ids)
-        ids = tokenizer.encode_template("[Human]: {instruction} This is input: {text} Voice: ",
-                                        instruction=instruction, text=text)
-        ids += [int(i) for i in voice_ids] + tokenizer.encode("<eoh> [MMGPT]: ", bos=False) + span
+        ids = _voiced_head(tokenizer, instruction, text, voice_ids)
+        ids += tokenizer.encode("<eoh> [MMGPT]: ", bos=False) + span
     elif direction == "from_text":
         ids = tokenizer.encode_template("[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: ",
                       instruction=instruction, text=text) + span

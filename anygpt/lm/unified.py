@@ -289,9 +289,7 @@ class UnifiedLM(FitHooks, LightningModule):
         if request.source == "text":
             prompt = base_prompt_ids(self.tokenizer, instruction, text=request.content, voice_ids=voice)
         else:
-            codes = self.codecs[modality].encode([request.content])[0]
-            tokens = self.layout.ranges[modality]
-            span = [tokens.bos, *tokens.to_lm(codes).tolist(), tokens.eos]
+            span = self.layout.ranges[modality].span(self.codecs[modality].encode([request.content])[0])
             prompt = base_prompt_ids(self.tokenizer, instruction, span_ids=span)
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
         if limit and len(prompt) + preset.max_new_tokens > limit:
@@ -316,8 +314,7 @@ class UnifiedLM(FitHooks, LightningModule):
         codes = prompts[0]
         if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.is_floating_point():
             raise AnyGPTError(f"voice_in_prompt: the {target} codec's encoded voice prompt is not a code table")
-        tokens = self.layout.ranges[target]
-        return [tokens.bos, *tokens.to_lm(codes[:, 0].cpu()).tolist(), tokens.eos]
+        return self.layout.ranges[target].span(codes[:, 0].cpu())
 
     def _decode_options(self, request: Request, preset: GenerationPreset) -> dict:
         """Keyword arguments of the target codec's ``decode`` for this request (those its signature takes).

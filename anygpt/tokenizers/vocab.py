@@ -59,6 +59,10 @@ class TokenRange:
             raise AnyGPTError(f"{self.modality} codes must lie in [0, {self.size}), got {codes.min()}..{codes.max()}")
         return codes + self.start
 
+    def span(self, codes: torch.Tensor | Sequence[int]) -> list[int]:
+        """Codec-local codes as a whole LM span: the start tag, the code ids, the end tag."""
+        return [self.bos, *self.to_lm(codes).tolist(), self.eos]
+
     def from_lm(self, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """LM ids to codec-local codes; any id outside this modality's code block is an error."""
         ids = torch.as_tensor(ids, dtype=torch.long)

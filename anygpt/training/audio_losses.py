@@ -28,6 +28,14 @@ def masked(wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return wave if mask is None else wave * mask.to(wave.dtype)
 
 
+def aligned(pred: torch.Tensor, target: torch.Tensor,
+            mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred`` and ``target`` ``[B, L]`` cut to the shorter length, with the padding (mask False) zeroed in both."""
+    n = min(_flat(pred).shape[-1], _flat(target).shape[-1])
+    cut = None if mask is None else mask[:, :n]
+    return masked(_flat(pred)[:, :n], cut), masked(_flat(target)[:, :n], cut)
+
+
 def time_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error over the real samples (both cut to the shorter length)."""
     pred, target = _flat(pred), _flat(target)
@@ -43,9 +51,8 @@ def si_snr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None =
     """Scale-invariant SNR in dB per item ``[B]`` (torchmetrics), with the padding zeroed in both."""
     from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
 
-    n = min(_flat(pred).shape[-1], _flat(target).shape[-1])
-    cut = None if mask is None else mask[:, :n]
-    return scale_invariant_signal_noise_ratio(masked(pred[..., :n], cut).float(), masked(target[..., :n], cut).float())
+    pred, target = aligned(pred, target, mask)
+    return scale_invariant_signal_noise_ratio(pred.float(), target.float())
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -94,9 +101,7 @@ class MultiScaleMelLoss(nn.Module):
     def distances(self, pred: torch.Tensor, target: torch.Tensor,
                   mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Unweighted L1 of the log mels, one per scale."""
-        n = min(_flat(pred).shape[-1], _flat(target).shape[-1])
-        cut = None if mask is None else mask[:, :n]
-        pred, target = masked(pred[..., :n], cut), masked(target[..., :n], cut)
+        pred, target = aligned(pred, target, mask)
         return [F.l1_loss(self.log_mel(pred, i), self.log_mel(target, i)) for i in range(len(self.weights))]
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,9 +142,7 @@ class LowBandSpectrumLoss(nn.Module):
             return torch.log(spec[:, : self.bins].abs().clamp_min(self.eps))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        n = min(_flat(pred).shape[-1], _flat(target).shape[-1])
-        cut = None if mask is None else mask[:, :n]
-        pred, target = masked(pred[..., :n], cut), masked(target[..., :n], cut)
+        pred, target = aligned(pred, target, mask)
         return F.l1_loss(self.log_spectrum(pred), self.log_spectrum(target))
 
 
