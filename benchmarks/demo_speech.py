@@ -225,7 +225,7 @@ def main() -> None:
     if "asr" in args.tasks:
         started = time.perf_counter()
         hyps = demo.transcribe(clips, seed=args.seed)
-        result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / len(clips),
+        result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / max(len(clips), 1),
                          "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
     voices = None
     if args.pairs and {"tts", "codec"} & set(args.tasks):
@@ -239,6 +239,13 @@ def main() -> None:
 
 
 def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, voices: VoicePairs | None, result: dict) -> None:
+    if refs:
+        tts_wer(demo, args, refs, clips, folder, result)
+    if voices is not None:
+        result["zero_shot"] = speaker_pairs(demo, voices, args.seed)
+
+
+def tts_wer(demo, args, refs: list[str], clips: list[Path], folder: Path, result: dict) -> None:
     started = time.perf_counter()
     speech = demo.synthesize(refs, seed=args.seed)
     tts_s = (time.perf_counter() - started) / len(refs)
@@ -259,8 +266,6 @@ def tts(demo, args, refs: list[str], clips: list[Path], folder: Path, voices: Vo
         result["tts"]["wer_sphinx_on_espeak"] = wer(listen(clips), refs)
     except ImportError:
         result["tts"]["wer_sphinx"] = None
-    if voices is not None:
-        result["zero_shot"] = speaker_pairs(demo, voices, args.seed)
 
 
 def codec_part(demo, folder: Path, clips: list[Path], spans: list, voices: VoicePairs | None, result: dict) -> None:
