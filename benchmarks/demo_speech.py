@@ -225,7 +225,8 @@ def main() -> None:
     if "asr" in args.tasks:
         started = time.perf_counter()
         hyps = demo.transcribe(clips, seed=args.seed)
-        result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": (time.perf_counter() - started) / max(len(clips), 1),
+        seconds = (time.perf_counter() - started) / max(len(clips), 1)
+        result["asr"] = {"wer": wer(hyps, refs), "seconds_per_clip": seconds,
                          "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
     voices = None
     if args.pairs and {"tts", "codec"} & set(args.tasks):
