@@ -13,7 +13,7 @@ A seed in, the same melodies out (the draws come from the seed and the melody's 
 Splits: ``train``, ``val`` and ``test``, whose combinations of instrument, key, mode, tempo class and contour never
 occur in training (each value alone does).
 
-    python -m anygpt.demo.melodies data/demo/music --seed 0 --train 12000
+    python -m anygpt.demo.melodies data/demo/music --seed 0 --train 12000 --workers 16
 """
 
 from __future__ import annotations
@@ -169,28 +169,43 @@ def synthesize(record: dict, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return (0.8 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
 
 
-def build(folder: str | Path, seed: int = 0, counts: dict[str, int] | None = None) -> dict:
-    """Synthesizes every split's clips and writes its manifest (``{split}.jsonl``, the ``anygpt tokenize`` /
-    codec-training format) and ``corpus.json`` (counts, hours, digests)."""
+def _write(job: tuple[str, dict]) -> tuple[str, float]:
+    """Synthesizes one record into its file; returns the waveform's digest and its seconds."""
     import soundfile
+
+    folder, record = job
+    path = Path(folder) / record["path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = synthesize(record)
+    soundfile.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
+    return hashlib.sha256(wave.tobytes()).hexdigest(), len(wave) / SAMPLE_RATE
+
+
+def build(folder: str | Path, seed: int = 0, counts: dict[str, int] | None = None, workers: int = 1) -> dict:
+    """Synthesizes every split's clips (over ``workers`` processes; the files are the same for any number) and
+    writes its manifest (``{split}.jsonl``, the ``anygpt tokenize`` / codec-training format) and ``corpus.json``
+    (counts, hours, digests)."""
+    import multiprocessing
 
     folder = Path(folder)
     counts = counts or {"train": 12000, "val": 300, "test": 300}
+    if any(count < 0 for count in counts.values()) or workers < 1:
+        raise AnyGPTError(f"split sizes must not be negative and workers must be >= 1, got {counts}, {workers}")
     summary = {"seed": seed, "sample_rate": SAMPLE_RATE, "splits": {}}
-    for split, records in plan(seed, counts).items():
-        audio, seconds = hashlib.sha256(), 0.0
-        for record in records:
-            path = folder / record["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            wave = synthesize(record)
-            audio.update(wave.tobytes())
-            seconds += len(wave) / SAMPLE_RATE
-            soundfile.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
-        manifest = "".join(json.dumps(r) + "\n" for r in records)
-        (folder / f"{split}.jsonl").write_text(manifest, encoding="utf-8")
-        summary["splits"][split] = {"clips": len(records), "hours": round(seconds / 3600, 3),
-                                    "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest()[:16],
-                                    "audio_sha256": audio.hexdigest()[:16]}
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        for split, records in plan(seed, counts).items():
+            jobs = [(str(folder), record) for record in records]
+            done = pool.map(_write, jobs, chunksize=64) if pool else [_write(job) for job in jobs]
+            manifest = "".join(json.dumps(r) + "\n" for r in records)
+            (folder / f"{split}.jsonl").write_text(manifest, encoding="utf-8")
+            summary["splits"][split] = {
+                "clips": len(records), "hours": round(sum(s for _, s in done) / 3600, 3),
+                "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest()[:16],
+                "audio_sha256": hashlib.sha256("".join(d for d, _ in done).encode()).hexdigest()[:16]}
+    finally:
+        if pool:
+            pool.close()
     (folder / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
 
@@ -202,9 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="synthesizing processes")
     args = parser.parse_args(argv)
-    print(json.dumps(build(args.folder, args.seed, {"train": args.train, "val": args.val, "test": args.test}),
-                     indent=1))
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    print(json.dumps(build(args.folder, args.seed, counts, args.workers), indent=1))
 
 
 if __name__ == "__main__":

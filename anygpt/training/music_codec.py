@@ -21,13 +21,14 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from anygpt import AnyGPTError
 from anygpt.tokenizers.music import EncodecMusicCodec
-from anygpt.training.audio_losses import (MultiScaleMelLoss, MultiScaleSTFTDiscriminator, discriminator_loss,
-                                          feature_matching_loss, generator_loss, si_snr, time_l1)
+from anygpt.training.arguments import check_keys
+from anygpt.training.audio_losses import (LowBandSpectrumLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator,
+                                          discriminator_loss, feature_matching_loss, generator_loss, si_snr, time_l1)
 from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.codec_mode import TrainsCodecNetwork
 from anygpt.training.rvq import StraightThroughRVQ
 
-WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0}
+WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0, "low_band": 0.0}
 
 
 class EncodecTrainer(TrainsCodecNetwork, LightningModule):
@@ -36,19 +37,23 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
 
     Args:
         codec: ``EncodecMusicCodec`` arguments; the codec's ``bandwidth`` sets how many codebooks train.
-        weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4``.
+        weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4, low_band 0``.
+            ``low_band`` weighs ``LowBandSpectrumLoss``: a fine linear-frequency log spectrum, which tells notes a
+            semitone apart where the mel bands cannot (beyond audiocraft).
         mel_weights: Weights of the mel scales (``n_fft`` 1024 halved per scale, 64 mels, as audiocraft's msspec).
         kmeans_init: Initialise the codebooks by k-means on the first batch; None: when training from scratch.
         codebook_decay: EMA decay of the codebooks.
         dead_code_threshold: Codes whose EMA usage falls below it restart from batch vectors.
         adversarial: Train an MS-STFT discriminator (one discriminator then one generator update per step).
         optimizer: Optimizer factory of the codec (and of the discriminator); None: Adam(3e-4, betas 0.5, 0.9).
+        low_band: ``LowBandSpectrumLoss`` arguments other than the sample rate (``n_fft``, ``hop_length``,
+            ``f_max``).
     """
 
     def __init__(self, codec: dict[str, Any], weights: dict[str, float] | None = None,
                  mel_weights: list[float] = [1.0, 1.0, 1.0, 1.0, 1.0], kmeans_init: bool | None = None,
                  codebook_decay: float = 0.99, dead_code_threshold: float = 2.0, adversarial: bool = False,
-                 optimizer: OptimizerCallable | None = None):
+                 optimizer: OptimizerCallable | None = None, low_band: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         unknown = set(weights or {}) - set(WEIGHTS)
@@ -65,6 +70,10 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
             self.rvq.reset()
         self.mel = MultiScaleMelLoss(self.codec.sample_rate, weights=mel_weights, n_mels=64, n_fft=1024,
                                      hop_length=256, win_length=1024)
+        low_band = check_keys("low_band", low_band, LowBandSpectrumLoss)
+        if "sample_rate" in low_band:
+            raise AnyGPTError("model.init_args.low_band: sample_rate is the codec's")
+        self.low_band = LowBandSpectrumLoss(self.codec.sample_rate, **low_band) if self.weights["low_band"] else None
         self.discriminator = MultiScaleSTFTDiscriminator() if adversarial else None
         self.automatic_optimization = not adversarial
         self.optimizer_factory = optimizer
@@ -84,6 +93,8 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         recon, codes, commit = self(audio)
         recon = recon * mask
         parts = {"time": time_l1(recon, audio, mask), "mel": self.mel(recon, audio, mask), "commit": commit}
+        if self.low_band is not None:
+            parts["low_band"] = self.low_band(recon, audio, mask)
         return parts, recon, codes
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -14,6 +14,10 @@
 #                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~7 items/s a core).
 #                 Finished shards are kept, so a stopped run goes on where it stopped; DEMO_RETOKENIZE=1 starts over
 #                 (after the codec's encoder changed: the speech_decoder stage leaves the codes as they were)
+#   music_codec   part 2: the melody corpus (anygpt.demo.melodies) if missing; train the music codec
+#                 (configs/demo/music_codec.yaml)
+#   image_vae     part 2: the scene corpus (anygpt.demo.scenes) if missing; train the image decoder's VAE
+#                 (configs/demo/image_vae.yaml)
 #   lm            the text tokenizer (runs/demo/tokenizer) and the voice-prompt records (data/demo/voice_records,
 #                 from the shards: anygpt.demo.voice_records); train the LM on them (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -33,6 +37,15 @@ train=${DEMO_TRAIN:-60000}
 corpus() {
   [ -f data/demo/speech/corpus.json ] || python -m anygpt.demo.speech_corpus data/demo/speech --seed "$seed" \
     --train "$train" --val 500 --test 500
+}
+
+melodies() {  # part 2's music corpus (anygpt.demo.melodies): 12000 + 300 + 300 melodies
+  [ -f data/demo/music/corpus.json ] || python -m anygpt.demo.melodies data/demo/music --seed "$seed" \
+    --workers "$(nproc)"
+}
+
+scenes() {  # part 2's picture corpus (anygpt.demo.scenes): 30000 + 500 + 500 scenes
+  [ -f data/demo/images/corpus.json ] || python -m anygpt.demo.scenes data/demo/images --seed "$seed"
 }
 
 fit() {  # fit CONFIG NAME [ARGS]: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
@@ -91,5 +104,7 @@ case "$stage" in
         "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
     done
     fit configs/demo/lm.yaml lm; pack lm ;;
+  music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
+  image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac

@@ -120,3 +120,21 @@ def test_a_file_that_is_no_fit_checkpoint_is_one_line(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(AnyGPTError, match="is not a checkpoint of EncodecTrainer"):
         EncodecMusicCodec(source=str(tmp_path / "other.ckpt"))
+
+
+def test_low_band_loss_joins_the_objective_with_its_weight():
+    """The fine low-band spectrum (notes a semitone apart) is one more weighted part of the loss."""
+    from anygpt.training.audio_losses import LowBandSpectrumLoss
+    from anygpt.training.music_codec import EncodecTrainer
+
+    codec = {"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}}
+    trainer = EncodecTrainer(codec=codec, weights={"low_band": 2.0}, low_band={"f_max": 2000.0})
+    audio = tone(0.25)[0].repeat(2, 1)
+    batch = {"audio": audio, "mask": torch.ones_like(audio)}
+    torch.manual_seed(0)
+    parts, recon, _ = trainer._losses(batch)
+    reference = LowBandSpectrumLoss(32000, f_max=2000.0)(recon, audio, batch["mask"])
+    assert torch.allclose(parts["low_band"], reference)
+    assert "low_band" not in EncodecTrainer(codec=codec)._losses(batch)[0]
+    with pytest.raises(AnyGPTError, match="low_band: unknown"):
+        EncodecTrainer(codec=codec, weights={"low_band": 1.0}, low_band={"bins": 3})
