@@ -1,4 +1,4 @@
-"""A harmonic branch for the speech codec's decoder: the voice's pitch as sinusoids, not as frame-locked buzz.
+"""A harmonic branch for a SEANet decoder: the voice's (or instrument's) pitch as sinusoids, not frame-locked buzz.
 
 A SEANet decoder turns 50 Hz latents into a waveform with transposed convolutions, so whatever it renders that is
 not in the latents' phase repeats once per frame: a small decoder that has not learnt to carry the glottal phase
@@ -6,7 +6,8 @@ through the latents speaks every voice at 50 Hz (its frame rate) and loses who i
 adds the part a source-filter vocoder would: from the decoder's own frame features (after its LSTM) it predicts
 each frame's fundamental frequency, voicing and harmonic amplitudes, and sums sinusoids at multiples of a phase
 that runs at the sample rate; the SEANet path keeps the rest (noise, bursts, detail). The codec's training teaches
-the pitch head from the clips' own pitch (``anygpt.training.pitch``), so the codes learn to carry it.
+the pitch head from the clips' own pitch (``anygpt.training.pitch``), so the codes learn to carry it. The demo's
+speech codec (SpeechTokenizer's decoder) and music codec (Encodec's, the same SEANet layout) both use it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class HarmonicDecoder(nn.Module):
     """A SEANet decoder plus sinusoids at the pitch and amplitudes it predicts per frame.
 
     Args:
-        seanet: The SpeechTokenizer's ``SEANetDecoder``; its first three layers (conv, LSTM, activation) give the
-            frame features the harmonic heads read, its other layers render the waveform as before.
+        seanet: A SEANet decoder: SpeechTokenizer's ``SEANetDecoder`` (layers in ``.model``) or transformers'
+            ``EncodecDecoder`` (in ``.layers``); its first three layers (conv, LSTM, activation) give the frame
+            features the harmonic heads read, its other layers render the waveform as before.
         sample_rate: Output rate in Hz.
         harmonics: Number of harmonics of the fundamental (those at or above Nyquist are silent).
         f_min: Lowest fundamental the head can predict, in Hz.
@@ -60,7 +62,9 @@ class HarmonicDecoder(nn.Module):
 
     def features(self, latents: torch.Tensor) -> torch.Tensor:
         """Frame features ``[B, C, T]`` after the decoder's input conv, LSTM and activation."""
-        return self.seanet.model[:3](latents)
+        for layer in _layers(self.seanet)[:3]:
+            latents = layer(latents)
+        return latents
 
     def pitch(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per frame: fundamental in Hz ``[B, T]``, voicing logit ``[B, T]``, harmonic amplitudes ``[B, K, T]``."""
@@ -96,7 +100,9 @@ class HarmonicDecoder(nn.Module):
         """Waveform ``[B, 1, L]`` of latents ``[B, D, T]`` (L: T times the decoder's hop); with ``with_pitch`` also
         ``(f0, voicing logit)``."""
         features = self.features(latents)
-        wave = self.seanet.model[3:](features)
+        wave = features
+        for layer in _layers(self.seanet)[3:]:
+            wave = layer(wave)
         f0, voicing, amplitudes = self.pitch(features)
         # the oscillator's phase sums f0 over the whole clip, so its gradient is chaotic: the pitch head learns from
         # the pitch loss alone, the amplitudes and voicing from the waveform losses
@@ -104,10 +110,14 @@ class HarmonicDecoder(nn.Module):
         return (wave, f0, voicing) if with_pitch else wave
 
 
+def _layers(seanet: nn.Module) -> nn.ModuleList | nn.Sequential:
+    return seanet.model if hasattr(seanet, "model") else seanet.layers
+
+
 def _features_channels(seanet: nn.Module) -> int:
     """Channels out of the decoder's LSTM block (the first transposed convolution's input)."""
-    for layer in seanet.model[3:]:
-        convtr = getattr(getattr(layer, "convtr", None), "convtr", None)
-        if isinstance(convtr, nn.ConvTranspose1d):
-            return convtr.in_channels
+    for layer in _layers(seanet)[3:]:
+        for module in layer.modules():
+            if isinstance(module, nn.ConvTranspose1d):
+                return module.in_channels
     raise ValueError("the SEANet decoder has no transposed convolution after its LSTM")

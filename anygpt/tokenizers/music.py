@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,7 +67,9 @@ class EncodecMusicCodec(BaseCodec):
         source: Weights: a local folder, a Hugging Face repo id or a URL (``anygpt.hub.resolve``), or a ``.ckpt``
             of ``anygpt fit`` with ``anygpt.training.music_codec.EncodecTrainer``. Ignored when ``config`` is given.
         config: ``transformers.EncodecConfig`` fields, over the 32 kHz model's, of a model with random weights
-            (tests, smoke runs): ``{num_filters: 4, hidden_size: 16, codebook_dim: 16}`` is the tiny variant.
+            (tests, smoke runs): ``{num_filters: 4, hidden_size: 16, codebook_dim: 16}`` is the tiny variant;
+            ``harmonics: K`` (and ``harmonic_range: [f_min, f_max]``) adds the harmonic decoder branch of
+            ``anygpt.tokenizers.harmonic``, which saved folders and fit checkpoints carry in their config.
         segment_seconds: Seconds of audio to encode per item (AnyGPT chat: 5, base: 20); None keeps all of it.
         offset_seconds: Where the window starts, in seconds.
         bandwidth: Encodec target bandwidth in kbps, one of the model's ``target_bandwidths``; None takes the
@@ -98,7 +101,7 @@ class EncodecMusicCodec(BaseCodec):
             self.bandwidth = _check_config(cfg, bandwidth)  # before building: fail fast
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model = EncodecModel(cfg)
+                self.model = _build(cfg)
                 _init_random_codebooks(self.model)
         elif source is not None and str(source).endswith(".ckpt"):
             self.model = _from_fit_checkpoint(str(source))
@@ -106,7 +109,10 @@ class EncodecMusicCodec(BaseCodec):
         elif source is not None:
             from anygpt.hub import resolve
 
-            self.model = EncodecModel.from_pretrained(str(resolve(source)))
+            folder = resolve(source)
+            cfg = EncodecConfig.from_pretrained(str(folder))
+            self.model = _load_harmonic(folder, cfg) if getattr(cfg, "harmonics", 0) else \
+                EncodecModel.from_pretrained(str(folder))
             self.bandwidth = _check_config(self.model.config, bandwidth)
         else:
             raise AnyGPTError("EncodecMusicCodec needs weights (source) or a config for random weights")
@@ -249,8 +255,36 @@ def _from_fit_checkpoint(path: str) -> torch.nn.Module:
     state = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
     if not state or "encodec_config" not in checkpoint:
         raise AnyGPTError(f"{path} is not a checkpoint of EncodecTrainer (no {prefix}* weights or Encodec config)")
-    model = EncodecModel(EncodecConfig(**checkpoint["encodec_config"]))
+    model = _build(EncodecConfig(**checkpoint["encodec_config"]))
     model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _build(cfg: Any) -> torch.nn.Module:
+    """A fresh ``EncodecModel`` of ``cfg``; with ``cfg.harmonics`` (K > 0) its decoder gets the harmonic branch of
+    ``anygpt.tokenizers.harmonic`` (pitch and K harmonic amplitudes per frame, fundamentals within
+    ``cfg.harmonic_range`` Hz, default 40-800): the demo's music codec."""
+    from transformers import EncodecModel
+
+    model = EncodecModel(cfg)
+    if getattr(cfg, "harmonics", 0):
+        from anygpt.tokenizers.harmonic import HarmonicDecoder
+
+        f_min, f_max = getattr(cfg, "harmonic_range", None) or (40.0, 800.0)
+        model.decoder = HarmonicDecoder(model.decoder, cfg.sampling_rate, int(cfg.harmonics), float(f_min),
+                                        float(f_max))
+    return model
+
+
+def _load_harmonic(folder, cfg: Any) -> torch.nn.Module:
+    """A saved Encodec with a harmonic branch (``save_pretrained`` of ``_build``'s model), loaded strictly."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if len(files) != 1:
+        raise AnyGPTError(f"{folder}: expected one .safetensors file of a harmonic Encodec, found {len(files)}")
+    model = _build(cfg)
+    model.load_state_dict(load_file(str(files[0])), strict=True)
     return model.eval()
 
 

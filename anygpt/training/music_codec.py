@@ -20,15 +20,17 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
 from anygpt import AnyGPTError
+from anygpt.tokenizers.harmonic import HarmonicDecoder
 from anygpt.tokenizers.music import EncodecMusicCodec
 from anygpt.training.arguments import check_keys
 from anygpt.training.audio_losses import (LowBandSpectrumLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator,
                                           discriminator_loss, feature_matching_loss, generator_loss, si_snr, time_l1)
 from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.codec_mode import TrainsCodecNetwork
+from anygpt.training.pitch import pitch_loss, yin_pitch
 from anygpt.training.rvq import StraightThroughRVQ
 
-WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0, "low_band": 0.0}
+WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0, "low_band": 0.0, "pitch": 0.0}
 
 
 class EncodecTrainer(TrainsCodecNetwork, LightningModule):
@@ -39,7 +41,8 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         codec: ``EncodecMusicCodec`` arguments; the codec's ``bandwidth`` sets how many codebooks train.
         weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4, low_band 0``.
             ``low_band`` weighs ``LowBandSpectrumLoss``: a fine linear-frequency log spectrum, which tells notes a
-            semitone apart where the mel bands cannot (beyond audiocraft).
+            semitone apart where the mel bands cannot (beyond audiocraft). ``pitch`` weighs the pitch loss of a
+            decoder with a harmonic branch (``harmonics`` in the codec's config) against the clips' YIN pitch.
         mel_weights: Weights of the mel scales (``n_fft`` 1024 halved per scale, 64 mels, as audiocraft's msspec).
         kmeans_init: Initialise the codebooks by k-means on the first batch; None: when training from scratch.
         codebook_decay: EMA decay of the codebooks.
@@ -83,18 +86,33 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction ``[B, L]``, codes ``[levels, B, T]`` and commitment loss of clips ``[B, L]``."""
+        return self._run(audio)[:3]
+
+    def _run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``forward``'s outputs and the harmonic branch's pitch per frame ``[B, T]`` (None without the branch)."""
         model = self.codec.model
         embeddings = model.encoder(audio.unsqueeze(1))
         quantized, codes, commit = self.rvq(embeddings, self.levels)
-        return model.decoder(quantized)[:, 0, : audio.shape[-1]], codes, commit
+        f0 = None
+        if isinstance(model.decoder, HarmonicDecoder):
+            wave, f0, _ = model.decoder(quantized, with_pitch=True)
+        else:
+            wave = model.decoder(quantized)
+        return wave[:, 0, : audio.shape[-1]], codes, commit, f0
 
     def _losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         audio, mask = batch["audio"], batch["mask"]
-        recon, codes, commit = self(audio)
+        recon, codes, commit, f0 = self._run(audio)
         recon = recon * mask
         parts = {"time": time_l1(recon, audio, mask), "mel": self.mel(recon, audio, mask), "commit": commit}
         if self.low_band is not None:
             parts["low_band"] = self.low_band(recon, audio, mask)
+        if f0 is not None:
+            decoder, hop = self.codec.model.decoder, self.codec.hop_length
+            target, voiced = yin_pitch(audio * mask, self.codec.sample_rate, hop, decoder.f_min, decoder.f_max)
+            valid = torch.arange(target.shape[-1], device=mask.device) * hop < mask.sum(-1, keepdim=True)
+            parts["pitch"], accuracy = pitch_loss(f0, target, voiced & valid)
+            self.log(f"{'train' if self.training else 'val'}/pitch_semitone_acc", accuracy, batch_size=len(audio))
         return parts, recon, codes
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
