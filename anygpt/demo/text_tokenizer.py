@@ -1,7 +1,8 @@
 """The demo LM's text tokenizer: SentencePiece BPE with LLaMA-2's settings, trained on the demo world's language.
 
-Its text is the grammar's sentences and the built-in instruction pools, so the demo's prompts and answers take few
-tokens; byte fallback keeps any other text encodable. Deterministic: one thread, no sampling of the input.
+Its text is the grammar's sentences, the captions of scenes and melodies, the questions and answers of the demo's
+conversations, and the built-in instruction pools, so the demo's prompts and answers take few tokens; byte
+fallback keeps any other text encodable. Deterministic: one thread, no sampling of the input.
 
     python -m anygpt.demo.text_tokenizer runs/demo/tokenizer
 """
@@ -16,14 +17,22 @@ from anygpt.demo.grammar import sentences, vocabulary
 from anygpt.lm.prompts import InstructionPools
 from anygpt.lm.tokenizer import TextTokenizer
 
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 1536
 
 
 def training_text(seed: int = 0, count: int = 20000) -> list[str]:
-    """Grammar sentences, every grammar word once, and every built-in instruction (repeated: prompts carry one)."""
+    """Grammar sentences, every grammar word once, scene and melody captions and conversation turns (training
+    splits), and every built-in instruction (repeated: prompts carry one)."""
+    from anygpt.demo.conversations import plan as conversation_plan
+    from anygpt.demo.melodies import plan as melody_plan
+    from anygpt.demo.scenes import plan as scene_plan
+
     pools = InstructionPools().pools
     instructions = [line for direction in pools.values() for pool in direction.values() for line in pool]
-    return sentences(seed, count) + sorted(vocabulary()) + instructions * 100
+    captions = [r["text"] for r in scene_plan(seed, {"train": count // 4})["train"]]
+    captions += [r["text"] for r in melody_plan(seed, {"train": count // 4})["train"]]
+    turns = [t for r in conversation_plan(seed, "train", count // 4) for t in (r["question"], r["answer"])]
+    return sentences(seed, count) + sorted(vocabulary()) + captions + turns + instructions * 100
 
 
 def train_tokenizer(seed: int = 0, vocab_size: int = VOCAB_SIZE) -> TextTokenizer:

@@ -114,4 +114,8 @@ def test_demo_text_tokenizer_is_deterministic_and_compact():
     text = "please take the huge umbrella to the harbour"
     assert a.encode(text) == b.encode(text)
     assert len(a.encode(text)) <= 12  # whole grammar words, not letters
+    caption = "a big cyan diamond in the middle on a sky blue background"
+    assert len(a.encode(caption)) <= 16 and a.decode(a.encode(caption), skip_special_tokens=True) == caption
+    melody = "a slow arch melody in f sharp minor on the clarinet at 72 beats per minute"
+    assert len(a.encode(melody)) <= 20
     assert a.decode(a.encode(text), skip_special_tokens=True) == text
