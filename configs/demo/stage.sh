@@ -18,6 +18,8 @@
 #                 (configs/demo/music_codec.yaml)
 #   image_vae     part 2: the scene corpus (anygpt.demo.scenes) if missing; train the image decoder's VAE
 #                 (configs/demo/image_vae.yaml)
+#   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
+#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers)
 #   lm            the text tokenizer (runs/demo/tokenizer) and the voice-prompt records (data/demo/voice_records,
 #                 from the shards: anygpt.demo.voice_records); train the LM on them (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -106,5 +108,6 @@ case "$stage" in
     fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
+  image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
