@@ -109,9 +109,9 @@ def test_the_wrapped_network_trains_while_its_trainer_does(trainer_path):
 def test_unknown_loss_weight_is_one_line():
     from anygpt.training.music_codec import EncodecTrainer
 
-    with pytest.raises(AnyGPTError, match="weights: unknown loss 'pitch'"):
+    with pytest.raises(AnyGPTError, match="weights: unknown loss 'cycle'"):
         EncodecTrainer(codec={"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}},
-                       weights={"pitch": 1.0})
+                       weights={"cycle": 1.0})
 
 
 def test_a_file_that_is_no_fit_checkpoint_is_one_line(tmp_path):
