@@ -2,9 +2,12 @@
 in writing or aloud, with the words a right answer must contain.
 
 Each conversation is drawn from one scene (``anygpt.demo.scenes``) or melody (``anygpt.demo.melodies``) of the same
-split, so held-out conversations ask about held-out combinations only. A plan record::
+split, so held-out conversations ask about held-out combinations only; ``corpus`` says which item of that split's
+corpus (built with the same seed) it is, so its codes can be looked up after the corpus is tokenized. A plan
+record::
 
-    {"id": "train-000000", "attachment": {"modality": "image", "attributes": {<scene>}}, "question": "what colour
+    {"id": "train-000000", "attachment": {"modality": "image", "attributes": {<scene>}, "corpus": {"split": "train",
+     "index": 17}}, "question": "what colour
      is the star", "ask": "speech", "voice": {"voice": "en-us+m3", "pitch": 50, "range": 60, "rate": 170},
      "speak": false, "answer": "the star is red", "must_name": ["red"]}
 
@@ -76,11 +79,13 @@ def plan(seed: int, split: str, count: int) -> list[dict]:
     records = []
     for i in range(count):
         if rng.random() < 0.55:
-            item = scenes[rng.randrange(len(scenes))]
+            index = rng.randrange(len(scenes))
+            item = scenes[index]
             modality, questions = "image", image_questions(item)
             attributes = {"shapes": item["shapes"], "background": item["background"], "seed": item["seed"]}
         else:
-            item = melodies[rng.randrange(len(melodies))]
+            index = rng.randrange(len(melodies))
+            item = melodies[index]
             modality, questions = "music", music_questions(item)
             attributes = {k: item[k] for k in ("instrument", "tempo", "tempo_class", "key", "mode", "contour",
                                                  "notes", "seed")}
@@ -88,7 +93,8 @@ def plan(seed: int, split: str, count: int) -> list[dict]:
         aloud = rng.random() < ASK_ALOUD
         voice = voices[rng.randrange(len(voices))]
         records.append({
-            "id": f"{split}-{i:06d}", "attachment": {"modality": modality, "attributes": attributes},
+            "id": f"{split}-{i:06d}",
+            "attachment": {"modality": modality, "attributes": attributes, "corpus": {"split": split, "index": index}},
             "question": question, "ask": "speech" if aloud else "text",
             "voice": {"voice": voice["name"], "pitch": voice["pitch"], "range": voice["range"],
                       "rate": rng.randint(150, 190)} if aloud else None,

@@ -24,6 +24,12 @@ def test_plan_is_deterministic_and_asks_about_held_out_items_only():
                    for s in [r["attachment"]["attributes"]] if len(s["shapes"]) == 1)
     for record in a + train:  # every answer names what it must
         assert record["must_name"] and all(w in record["answer"] for w in record["must_name"])
+    from anygpt.demo.scenes import plan as scene_plan
+
+    corpus = scene_plan(0, {"train": 200})["train"]  # the corpus item a conversation names is its attachment
+    for record in (r for r in train if r["attachment"]["modality"] == "image"):
+        item = corpus[record["attachment"]["corpus"]["index"]]
+        assert item["shapes"] == record["attachment"]["attributes"]["shapes"]
     assert {r["ask"] for r in a} == {"text", "speech"} and {r["speak"] for r in a} == {True, False}
 
 
