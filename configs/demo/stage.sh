@@ -19,7 +19,10 @@
 #   image_vae     part 2: the scene corpus (anygpt.demo.scenes) if missing; train the image decoder's VAE
 #                 (configs/demo/image_vae.yaml)
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
-#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers)
+#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); exports runs/demo/image_codec/export
+#   tokenize_image, tokenize_music  part 2: the scene / melody corpus as token shards with captions,
+#                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the codecs of
+#                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
 #   lm            the text tokenizer (runs/demo/tokenizer) and the voice-prompt records (data/demo/voice_records,
 #                 from the shards: anygpt.demo.voice_records); train the LM on them (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -74,6 +77,15 @@ tokenize() {
   done
 }
 
+tokenize_media() {  # tokenize_media image|music: part 2's corpus -> data/demo/shards_{image,music}/{train,val}
+  local folder=images
+  [ "$1" = music ] && folder=music
+  for split in train val; do
+    python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" \
+      --data.manifest "data/demo/$folder/$split.jsonl" --data.output_dir "data/demo/shards_$1/$split"
+  done
+}
+
 pack() {  # pack NAME: last.ckpt in parts and the CSV metrics into OUT
   [ -n "$out" ] || return 0
   mkdir -p "$out"
@@ -109,5 +121,7 @@ case "$stage" in
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
+  tokenize_image) scenes; tokenize_media image; [ -z "$out" ] || tar -cf "$out/shards_image.tar" data/demo/shards_image ;;
+  tokenize_music) melodies; tokenize_media music; [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
