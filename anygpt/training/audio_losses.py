@@ -28,6 +28,12 @@ def masked(wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return wave if mask is None else wave * mask.to(wave.dtype)
 
 
+def frames_valid(mask: torch.Tensor, hop: int) -> torch.Tensor:
+    """Which of the ``ceil(L / hop)`` codec frames of clips ``mask [B, L]`` start on a real sample: ``[B, T]``."""
+    frames = -(-mask.shape[-1] // hop)
+    return torch.arange(frames, device=mask.device) * hop < mask.sum(-1, keepdim=True)
+
+
 def aligned(pred: torch.Tensor, target: torch.Tensor,
             mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``pred`` and ``target`` ``[B, L]`` cut to the shorter length, with the padding (mask False) zeroed in both."""

@@ -24,7 +24,8 @@ from anygpt.tokenizers.harmonic import HarmonicDecoder
 from anygpt.tokenizers.music import EncodecMusicCodec
 from anygpt.training.arguments import check_keys
 from anygpt.training.audio_losses import (LowBandSpectrumLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator,
-                                          discriminator_loss, feature_matching_loss, generator_loss, si_snr, time_l1)
+                                          discriminator_loss, feature_matching_loss, frames_valid, generator_loss,
+                                          si_snr, time_l1)
 from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.codec_mode import TrainsCodecNetwork
 from anygpt.training.pitch import pitch_loss, yin_pitch
@@ -39,7 +40,8 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
 
     Args:
         codec: ``EncodecMusicCodec`` arguments; the codec's ``bandwidth`` sets how many codebooks train.
-        weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4, low_band 0``.
+        weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4, low_band 0,
+            pitch 0``.
             ``low_band`` weighs ``LowBandSpectrumLoss``: a fine linear-frequency log spectrum, which tells notes a
             semitone apart where the mel bands cannot (beyond audiocraft). ``pitch`` weighs the pitch loss of a
             decoder with a harmonic branch (``harmonics`` in the codec's config) against the clips' YIN pitch.
@@ -110,8 +112,7 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         if f0 is not None:
             decoder, hop = self.codec.model.decoder, self.codec.hop_length
             target, voiced = yin_pitch(audio * mask, self.codec.sample_rate, hop, decoder.f_min, decoder.f_max)
-            valid = torch.arange(target.shape[-1], device=mask.device) * hop < mask.sum(-1, keepdim=True)
-            parts["pitch"], accuracy = pitch_loss(f0, target, voiced & valid)
+            parts["pitch"], accuracy = pitch_loss(f0, target, voiced & frames_valid(mask, hop))
             self.log(f"{'train' if self.training else 'val'}/pitch_semitone_acc", accuracy, batch_size=len(audio))
         return parts, recon, codes
 

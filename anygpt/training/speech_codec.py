@@ -184,10 +184,6 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         out["wave"] = wave[..., : audio.shape[-1]].squeeze(1)
         return out
 
-    def _frame_valid(self, mask: torch.Tensor) -> torch.Tensor:
-        frames = -(-mask.shape[-1] // self.hop)
-        return torch.arange(frames, device=mask.device) * self.hop < mask.sum(-1, keepdim=True)
-
     @torch.no_grad()
     def _restart_dead_codes(self, embedding: torch.Tensor, valid: torch.Tensor) -> None:
         if not all(bool(book.inited) for book in self.books):  # k-means init comes first
@@ -223,7 +219,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
 
     def _generator_losses(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
         audio, mask = batch["audio"], batch["mask"]
-        valid = self._frame_valid(mask)
+        valid = losses.frames_valid(mask, self.hop)
         parts = {"time": losses.time_l1(out["wave"], audio, mask), "mel": self.mel_loss(out["wave"], audio, mask),
                  "commit": out["commit"], **self._distill(batch, out, valid)}
         if self.low_band_loss is not None:
@@ -238,7 +234,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         return parts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        out = self._run(batch["audio"], training=True, valid=self._frame_valid(batch["mask"]))
+        out = self._run(batch["audio"], training=True, valid=losses.frames_valid(batch["mask"], self.hop))
         if self.discriminator is None:
             parts = self._generator_losses(batch, out)
             self._log_parts("train", parts, len(batch["audio"]))
@@ -276,7 +272,7 @@ class SpeechTokenizerTrainer(TrainsCodecNetwork, LightningModule):
         parts.pop("commit")
         parts["mel"] = self.mel_loss.distances(out["wave"], batch["audio"], batch["mask"])[0]
         parts["si_snr"] = losses.si_snr(out["wave"], batch["audio"], batch["mask"]).mean()
-        self.usage.update(out["codes"], self._frame_valid(batch["mask"]))
+        self.usage.update(out["codes"], losses.frames_valid(batch["mask"], self.hop))
         self._log_parts("val", parts, len(batch["audio"]))
 
     def on_validation_epoch_end(self) -> None:
