@@ -19,7 +19,8 @@
 #   image_vae     part 2: the scene corpus (anygpt.demo.scenes) if missing; train the image decoder's VAE
 #                 (configs/demo/image_vae.yaml)
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
-#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); exports runs/demo/image_codec/export
+#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); it exports
+#                 runs/demo/image_codec/export
 #   tokenize_image, tokenize_music  part 2: the scene / melody corpus as token shards with captions,
 #                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the codecs of
 #                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
@@ -70,19 +71,10 @@ PY
   python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}" "${@:3}"
 }
 
-tokenize() {
-  for split in train val; do
-    python -m anygpt tokenize --config configs/demo/tokenize_speech.yaml \
-      --data.manifest "data/demo/speech/$split.jsonl" --data.output_dir "data/demo/shards/$split"
-  done
-}
-
-tokenize_media() {  # tokenize_media image|music: part 2's corpus -> data/demo/shards_{image,music}/{train,val}
-  local folder=images
-  [ "$1" = music ] && folder=music
+tokenize() {  # tokenize MODALITY CORPUS SHARDS: data/demo/CORPUS/{train,val}.jsonl -> data/demo/SHARDS/{train,val}
   for split in train val; do
     python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" \
-      --data.manifest "data/demo/$folder/$split.jsonl" --data.output_dir "data/demo/shards_$1/$split"
+      --data.manifest "data/demo/$2/$split.jsonl" --data.output_dir "data/demo/$3/$split"
   done
 }
 
@@ -109,7 +101,7 @@ case "$stage" in
   speech_decoder) corpus; fit configs/demo/speech_decoder.yaml speech_decoder; pack speech_decoder ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
   tokenize)
-    corpus; if [ "${DEMO_RETOKENIZE:-0}" = 1 ]; then rm -rf data/demo/shards; fi; tokenize
+    corpus; if [ "${DEMO_RETOKENIZE:-0}" = 1 ]; then rm -rf data/demo/shards; fi; tokenize speech speech shards
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
@@ -121,7 +113,11 @@ case "$stage" in
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
-  tokenize_image) scenes; tokenize_media image; [ -z "$out" ] || tar -cf "$out/shards_image.tar" data/demo/shards_image ;;
-  tokenize_music) melodies; tokenize_media music; [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
+  tokenize_image)
+    scenes; tokenize image images shards_image
+    [ -z "$out" ] || tar -cf "$out/shards_image.tar" data/demo/shards_image ;;
+  tokenize_music)
+    melodies; tokenize music music shards_music
+    [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
