@@ -171,6 +171,8 @@ def build(folder: str | Path, seed: int = 0, counts: dict[str, int] | None = Non
     written as ``corpus.json`` (counts and a digest of each split's manifest and pixels)."""
     folder = Path(folder)
     counts = counts or {"train": 30000, "val": 500, "test": 500}
+    if any(count < 0 for count in counts.values()) or size < 8:
+        raise AnyGPTError(f"split sizes must not be negative and size must be >= 8, got {counts}, {size}")
     summary = {"seed": seed, "size": size, "splits": {}}
     for split, records in plan(seed, counts).items():
         pixels = hashlib.sha256()

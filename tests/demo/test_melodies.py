@@ -67,13 +67,15 @@ def test_judge_on_hand_made_scales(mode, steps, key):
     assert abs(found["tempo"] - 120) < 4 and (found["key"], found["mode"]) == (key, mode)
 
 
-def test_bad_input_is_one_line():
-    from anygpt.demo.melodies import synthesize
+def test_bad_input_is_one_line(tmp_path):
+    from anygpt.demo.melodies import build, synthesize
     from anygpt.demo.music_judge import judge
 
     with pytest.raises(AnyGPTError, match="non-finite"):
         judge(np.full(16000, np.nan), 16000)
     with pytest.raises(AnyGPTError, match="at least 0.25 s"):
         judge(np.zeros(100), 16000)
+    with pytest.raises(AnyGPTError, match="must not be negative"):
+        build(tmp_path, counts={"train": -2})
     with pytest.raises(AnyGPTError, match="unknown instrument 'kazoo'"):
         synthesize({"instrument": "kazoo", "tempo": 100, "notes": [[60, 0.0, 0.5]]})

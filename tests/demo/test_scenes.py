@@ -75,15 +75,17 @@ def test_judge_on_hand_drawn_arrays(shape):
     assert judge(picture.astype(np.float32) / 255)["shape"] == shape
 
 
-def test_judge_of_an_empty_picture_is_none_and_bad_input_is_one_line():
+def test_judge_of_an_empty_picture_is_none_and_bad_input_is_one_line(tmp_path):
     from anygpt.demo.image_judge import judge
-    from anygpt.demo.scenes import render
+    from anygpt.demo.scenes import build, render
 
     assert judge(np.zeros((32, 32, 3), dtype=np.uint8)) is None
     with pytest.raises(AnyGPTError, match="RGB image"):
         judge(np.zeros((32, 32)))
     with pytest.raises(AnyGPTError, match="non-finite"):
         judge(np.full((32, 32, 3), np.nan))
+    with pytest.raises(AnyGPTError, match="must not be negative"):
+        build(tmp_path, counts={"train": -1})
     with pytest.raises(AnyGPTError, match="unknown shape 'hexagon'"):
         render({"shapes": [{"shape": "hexagon", "color": "red", "size": "big", "position": "center"}],
                 "background": "white"})
