@@ -53,7 +53,8 @@ def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[s
     """A batch of packed blocks: documents end to end, positions restarting per document.
 
     Args:
-        blocks: Per row, its documents as ``(ids, task)``.
+        blocks: Per row, its documents as ``(ids, task)`` (every token but the first is a label) or ``(ids, labels,
+            task)`` (labels aligned with ids, -100 where no loss is taken: a conversation's non-assistant turns).
         task_names: Every task name; ``token_task`` holds indices into it (-1 on padding).
         pad_id: Id of the padding that right-fills shorter rows (a document of its own, with no labels).
 
@@ -64,7 +65,7 @@ def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[s
         the documents).
     """
 
-    width = max(sum(len(ids) for ids, _ in block) for block in blocks)
+    width = max(sum(len(doc[0]) for doc in block) for block in blocks)
     shape = (len(blocks), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -73,14 +74,16 @@ def collate_packed(blocks: list[list[tuple[list[int], str]]], task_names: list[s
     index = {name: i for i, name in enumerate(task_names)}
     for row, block in enumerate(blocks):
         start = 0
-        for ids, task in block:
+        for doc in block:
+            ids, task = doc[0], doc[-1]
             end = start + len(ids)
             input_ids[row, start:end] = torch.as_tensor(ids)
             position_ids[row, start:end] = torch.arange(len(ids))
-            labels[row, start + 1:end] = input_ids[row, start + 1:end]
+            own = torch.as_tensor(doc[1]) if len(doc) == 3 else input_ids[row, start:end]
+            labels[row, start + 1:end] = own[1:]
             token_task[row, start:end] = index[task]
             start = end
         position_ids[row, start:] = torch.arange(width - start)  # the padding: one more document
-    bounds, longest = cu_seq_lens([[len(ids) for ids, _ in block] for block in blocks], width)
+    bounds, longest = cu_seq_lens([[len(doc[0]) for doc in block] for block in blocks], width)
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "token_task": token_task,
             "task_names": list(task_names), "cu_seq_lens": bounds, "max_length": longest}

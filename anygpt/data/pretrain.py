@@ -4,7 +4,8 @@ Each dataset is a list of JSONL files or binary token shards of ``{"text": ..., 
 records with a sampling weight and its own probability of the modality->text direction (the original meant
 per-dataset probabilities but passed them to the wrong argument, so every dataset got 0.5 and image generation
 lost its ``</s>``). Every sequence ends in ``</s>``; sequences are packed whole into blocks with no attention
-across documents.
+across documents. A dataset may also hold chat conversations (``{"conversation": [...]}``, ``anygpt.data.sft``'s
+format): they join the mixture in the chat template, with the loss on the assistant turns only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from anygpt import AnyGPTError
 from anygpt.data.packing import collate_packed, pack_greedy
 from anygpt.data.pairs import read_examples
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
+from anygpt.data.sft import conversation_example
 from anygpt.data.shards import expand_folders
 
 
@@ -59,7 +61,8 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ..., code_noise: 0.0}``
             each; files are AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``), or folders
             of them. ``code_noise``: share of a to-text example's input codes replaced by random ones, drawn once per
-            record with its direction (``UnifiedLM.build_example``).
+            record with its direction (``UnifiedLM.build_example``). A conversation record is one example in the chat
+            template (``to_text_prob`` and ``code_noise`` do not apply), its task ``chat``.
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
         batch_size: Blocks per batch and process (global batch: x processes; a resumed fit keeps the checkpoint's
@@ -84,8 +87,13 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         self.task_names: list[str] = []
         self.stream: StreamState | None = None
 
-    def _read(self, spec: dict, model: Any) -> list[tuple[list[int], str]]:
+    def _read(self, spec: dict, model: Any) -> list[tuple]:
+        eos_id, answer_start = model.layout.token_id("<eos>"), model.layout.token_id("[MMGPT]")
+
         def build(record, rng):
+            if "conversation" in record:
+                ids, labels = conversation_example(model.tokenizer, record, eos_id, answer_start, self.block_size)
+                return ids, labels, "chat"
             return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"],
                                        code_noise=spec["code_noise"])
 
@@ -109,9 +117,9 @@ class PretrainDataModule(ResumableData, LightningDataModule):
                 raise AnyGPTError("data.val_datasets is empty: validate needs at least one dataset")
             examples = [ex for spec in self.val_specs for ex in self._read(spec, model)]
             self.val_blocks = [[examples[i] for i in block]
-                               for block in pack_greedy([len(ids) for ids, _ in examples], self.block_size)]
-        tasks = {task for data in self.train_sets for _, task in data}
-        tasks |= {task for block in self.val_blocks for _, task in block}
+                               for block in pack_greedy([len(ex[0]) for ex in examples], self.block_size)]
+        tasks = {ex[-1] for data in self.train_sets for ex in data}
+        tasks |= {ex[-1] for block in self.val_blocks for ex in block}
         self.task_names = sorted(tasks)
 
     def stream_settings(self) -> dict:
@@ -123,7 +131,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         return {"seed": self.seed, "block_size": self.block_size, "examples_per_epoch": self.examples_per_epoch,
                 "datasets": datasets}
 
-    def train_blocks(self, epoch: int) -> list[list[tuple[list[int], str]]]:
+    def train_blocks(self, epoch: int) -> list[list[tuple]]:
         """The packed blocks of one epoch (a deterministic function of ``seed`` and ``epoch``)."""
         rng = random.Random(f"{self.seed}:{epoch}")
         orders = [rng.sample(range(len(data)), len(data)) for data in self.train_sets]
@@ -135,7 +143,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
             data, order = self.train_sets[which], orders[which]
             drawn.append(data[order[cursors[which] % len(data)]])
             cursors[which] += 1
-        return [[drawn[i] for i in block] for block in pack_greedy([len(ids) for ids, _ in drawn], self.block_size)]
+        return [[drawn[i] for i in block] for block in pack_greedy([len(ex[0]) for ex in drawn], self.block_size)]
 
     def _loader(self, blocks: list, shuffle: bool) -> DataLoader:
         collate = partial(collate_packed, task_names=self.task_names, pad_id=self.pad_id)

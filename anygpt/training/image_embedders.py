@@ -2,7 +2,8 @@
 
 ``UnCLIPTrainer(embedder=...)`` conditions its UNet on what one of these gives for each training image. The released
 SD-2.1-unCLIP was trained on CLIP ViT-H/14 image embeddings (``CLIPImageEmbedder``); SEED-2's 1024-d output is a
-stand-in for those. ``MeanColourEmbedder`` and ``RandomConvEmbedder`` are cheap fixed maps for tests and tiny runs.
+stand-in for those. ``MeanColourEmbedder`` and ``RandomConvEmbedder`` are cheap fixed maps for tests and tiny runs;
+``LatentEmbedder`` is a trained VAE's latent grid, the teacher of codecs trained from scratch.
 All are frozen: no parameters train, and their weights are drawn from a seed (or loaded), never from the global RNG.
 """
 
@@ -82,6 +83,41 @@ class RandomConvEmbedder(_Frozen):
     def forward(self, images: Tensor) -> Tensor:
         check_images(images)
         return self.net(images.to(self.net[0].weight.dtype) * 2 - 1).float()
+
+
+class LatentEmbedder(_Frozen):
+    """A trained VAE's latent of each image, average-pooled and flattened: ``[B, C * (H / f / pool) ** 2]``.
+
+    A teacher that keeps every picture's layout and colours, for codecs trained from scratch where no CLIP is at
+    hand: without a teacher, SEED's query reconstruction is met by constant queries and the embeddings collapse.
+    Latents are the posterior means times the VAE's ``scaling_factor`` (pixels mapped to [-1, 1] first), as the
+    unCLIP UNet sees them.
+
+    Args:
+        vae: A diffusers ``AutoencoderKL`` folder (``VAETrainer.export``'s).
+        pool: Average-pooling window over the latent grid (1: the whole grid).
+    """
+
+    def __init__(self, vae: str, pool: int = 1):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        if pool < 1:
+            raise AnyGPTError(f"LatentEmbedder: pool must be >= 1, got {pool}")
+        try:
+            self.vae = AutoencoderKL.from_pretrained(vae).eval().requires_grad_(False)
+        except (OSError, ValueError) as err:
+            raise AnyGPTError(f"{vae}: not a diffusers AutoencoderKL folder ({str(err).splitlines()[0]})") from None
+        self.pool = pool
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images)
+        posterior = self.vae.encode((images * 2 - 1).to(self.vae.dtype)).latent_dist
+        latents = posterior.mean.float() * self.vae.config.scaling_factor
+        if self.pool > 1:
+            latents = F.avg_pool2d(latents, self.pool)
+        return latents.flatten(1)
 
 
 class CLIPImageEmbedder(_Frozen):

@@ -81,6 +81,32 @@ def test_mixture_follows_weights_and_directions_and_reports_bad_lines(model):
     assert any("music_train.jsonl:7:" in p for p in dm.problems)
 
 
+def test_conversations_join_the_mixture_with_labels_on_the_answers_only(model):
+    specs = [{"name": "captions", "files": [str(DATA / "music_train.jsonl")], "to_text_prob": 1.0},
+             {"name": "chat", "files": [str(DATA / "sft_train.jsonl")], "weight": 2.0}]
+    dm = attach(PretrainDataModule(datasets=specs, block_size=512, examples_per_epoch=60, seed=1), model)
+    dm.setup("fit")
+    assert len(dm.train_sets[1]) == 10 and {ex[-1] for ex in dm.train_sets[1]} == {"chat"}
+    blocks = dm.train_blocks(0)
+    batch = collate_packed(blocks[:2], task_names=dm.task_names, pad_id=model.tokenizer.pad_id)
+    answer_start = model.layout.token_id("[MMGPT]")
+    checked = 0
+    for row, block in enumerate(blocks[:2]):
+        start = 0
+        for doc in block:
+            ids = doc[0]
+            got = batch["labels"][row, start:start + len(ids)].tolist()
+            if doc[-1] == "chat":  # the same mask as the SFT module's, the first token unlabelled as in packing
+                record_ids, record_labels = doc[0], doc[1]
+                assert got == [-100] + record_labels[1:]
+                assert all(label == -100 for label in got[:record_ids.index(answer_start) + 1])
+                checked += 1
+            else:
+                assert got == [-100] + ids[1:]
+            start += len(ids)
+    assert checked and Counter(ex[-1] for block in blocks for ex in block)["chat"] > 20
+
+
 def test_code_noise_is_part_of_the_stream_a_resume_checks():
     from anygpt import AnyGPTError
     from anygpt.data.pretrain import PretrainDataModule

@@ -14,7 +14,8 @@ from PIL import Image
 
 from anygpt import AnyGPTError
 from anygpt.decoders.unclip import UnCLIPDecoder
-from anygpt.training.image_embedders import CLIPImageEmbedder, MeanColourEmbedder, RandomConvEmbedder
+from anygpt.training.image_embedders import (CLIPImageEmbedder, LatentEmbedder, MeanColourEmbedder,
+                                             RandomConvEmbedder)
 from anygpt.training.unclip import UnCLIPTrainer, draw_condition
 from anygpt.training.unclip_vae import VAETrainer
 
@@ -247,6 +248,29 @@ def test_embedders_are_frozen_seeded_maps(data, tmp_path):
         clip(images[0])
     with pytest.raises(AnyGPTError, match="no CLIP image encoder"):
         CLIPImageEmbedder(source=str(tmp_path))
+
+
+def test_latent_embedder_is_the_vae_posterior_mean_grid(data, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        sample_size=32, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    images = data["images"][:3]
+    whole, pooled = LatentEmbedder(str(tmp_path / "vae")), LatentEmbedder(str(tmp_path / "vae"), pool=2)
+    side = images.shape[-1] // 2  # one 2x downsampling between two blocks
+    with torch.no_grad():
+        mean = vae.encode(images * 2 - 1).latent_dist.mean * 0.5
+    torch.testing.assert_close(whole(images), mean.reshape(3, 4 * side * side), atol=1e-5, rtol=1e-5)
+    quarter = mean.reshape(3, 4, side // 2, 2, side // 2, 2).mean(dim=(3, 5)).reshape(3, -1)
+    torch.testing.assert_close(pooled(images), quarter, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(whole(images)[0], whole(images)[1])  # different pictures, different teachers
+    assert not any(p.requires_grad for p in whole.parameters())
+    with pytest.raises(AnyGPTError, match="not a diffusers AutoencoderKL folder"):
+        LatentEmbedder(str(tmp_path / "nothing"))
+    with pytest.raises(AnyGPTError, match="pool must be"):
+        LatentEmbedder(str(tmp_path / "vae"), pool=0)
 
 
 def test_bad_vae_inputs_are_one_clear_line(tmp_path, data):
