@@ -121,7 +121,8 @@ class UnCLIPDecoder(nn.Module):
         """Execution device (the UNet's) and compute dtype; casts the weights to that dtype if needed."""
         device = self.unet.device
         dtype = DTYPES.get(self.compute_dtype, torch.float16 if device.type == "cuda" else torch.float32)
-        if self.unet.dtype != dtype:
+        # a half-precision folder loads mixed: diffusers' parts upcast, transformers' text encoder keeps float16
+        if any(p.dtype != dtype for p in self.parameters() if p.is_floating_point()):
             with torch.inference_mode(False), torch.no_grad():  # cast weights stay ordinary (loadable) tensors
                 self.to(dtype)
         return device, dtype

@@ -5,6 +5,8 @@
     demo = DemoSession()                       # configs/demo.yaml, the shipped weights, CPU
     demo.transcribe(["anygpt/demo/clips/heldout_0.wav"])
     audio = demo.synthesize(["the red ball is under the table"], voice_prompts=["anygpt/demo/clips/heldout_1.wav"])
+    demo.describe(["scene.png"], "image"); demo.generate(["a big red star in the middle"], "image")
+    demo.chat([{"turns": [{"role": "user", "image": "scene.png", "text": "what colour is the star"}]}])
 """
 
 from __future__ import annotations
@@ -74,3 +76,26 @@ class DemoSession:
             raise AnyGPTError(f"voice_prompts: {len(prompts)} for {len(texts)} texts")
         lines = [f"text|speech|{t}" + (f"|{Path(p).resolve()}" if p else "") for t, p in zip(texts, prompts)]
         return [r["media"] for r in self._answer(lines, seed)]
+
+    def describe(self, paths: Sequence[str | Path], modality: str, seed: int = 0) -> list[str]:
+        """The caption the model writes for each image or music file (``modality``: image or music)."""
+        return [r["text"] for r in self._answer([f"{modality}|text|{Path(p).resolve()}" for p in paths], seed)]
+
+    def generate(self, texts: Sequence[str], modality: str, seed: int = 0) -> list:
+        """What the model makes of each caption: PIL images (``image``) or 16 kHz waveforms ``[1, L]`` (``music``,
+        ``speech``); ``seed + i`` seeds text ``i``."""
+        return [r["media"] for r in self._answer([f"text|{modality}|{t}" for t in texts], seed)]
+
+    def chat(self, conversations: Sequence[dict | list], seed: int = 0) -> list[dict]:
+        """Replies to chat-format conversations (``anygpt.data.chat``), one response per conversation, each with
+        its ``replies`` (``text`` and ``media``); conversation ``i`` without a seed of its own gets ``seed + i``."""
+        from anygpt.data.chat import parse_conversation
+        from anygpt.lm.chat_session import answer
+
+        parsed = []
+        for i, line in enumerate(conversations):
+            line = {"turns": line} if isinstance(line, list) else dict(line)
+            line.setdefault("seed", seed + i)
+            parsed.append(parse_conversation(line, i, set(self.model.codecs)))
+        with torch.inference_mode():
+            return answer(self.model, parsed)

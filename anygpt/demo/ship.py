@@ -58,6 +58,38 @@ def ship_soundstorm(ckpt: Path, out: Path) -> Path:
     return path
 
 
+def ship_music_codec(ckpt: Path, out: Path) -> Path:
+    """The Encodec (with its harmonic branch) of an ``EncodecTrainer`` fit checkpoint as a transformers folder,
+    half precision, into ``out/music_codec`` (``EncodecMusicCodec(source=...)``)."""
+    from anygpt.tokenizers.music import EncodecMusicCodec
+
+    folder = out / "music_codec"
+    if folder.exists():
+        shutil.rmtree(folder)
+    EncodecMusicCodec(source=str(ckpt), segment_seconds=None).model.half().save_pretrained(folder)
+    return folder
+
+
+def ship_image_codec(ckpt: Path, out: Path) -> Path:
+    """A joint ``SeedTrainer`` fit checkpoint, half precision, into ``out/image_codec``: the codec's
+    ``seed_quantizer.pt``, ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a diffusers pipeline
+    folder ``decoder/``."""
+    from anygpt.training.image_codec import SeedTrainer
+
+    folder = out / "image_codec"
+    if folder.exists():
+        shutil.rmtree(folder)
+    trained = SeedTrainer.load_from_checkpoint(ckpt, map_location="cpu", embedder=None)
+    if trained.unclip is None:
+        raise AnyGPTError(f"{ckpt}: a SeedTrainer run without its unCLIP decoder (joint training): nothing draws")
+    trained.export(str(folder))
+    for name in ("seed_quantizer.pt", "eva_vit_g.pth"):
+        torch.save(_half(torch.load(folder / name, map_location="cpu")), folder / name)
+    trained.unclip.decoder.pipe.to(torch.float16)
+    trained.unclip.export(str(folder / "decoder"))
+    return folder
+
+
 def ship_lm(ckpt: Path, out: Path) -> Path:
     """``anygpt export`` of the LM checkpoint in float16, into ``out/lm``."""
     from anygpt.lm.export import export
@@ -69,7 +101,7 @@ def ship_lm(ckpt: Path, out: Path) -> Path:
 
 
 PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec, "soundstorm": ship_soundstorm,
-         "lm": ship_lm}
+         "music_codec": ship_music_codec, "image_codec": ship_image_codec, "lm": ship_lm}
 
 
 def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
@@ -124,7 +156,8 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         summary = json.loads(corpus.read_text())
         lines += ["## Corpus", "", f"Seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
         lines += [f"- {split}: {s['utterances']} utterances, {s['hours']} h, {s['voices']} voices, manifest sha256 "
-                  f"`{s['sha256'][:16]}`, audio sha256 `{s['audio_sha256'][:16]}`" for split, s in summary["splits"].items()]
+                  f"`{s['sha256'][:16]}`, audio sha256 `{s['audio_sha256'][:16]}`"
+                  for split, s in summary["splits"].items()]
         lines.append("")
     if figures.is_file():
         result = json.loads(figures.read_text())

@@ -24,8 +24,9 @@
 #   tokenize_image, tokenize_music  part 2: the scene / melody corpus as token shards with captions,
 #                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the codecs of
 #                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
-#   lm            the text tokenizer (runs/demo/tokenizer) and the voice-prompt records (data/demo/voice_records,
-#                 from the shards: anygpt.demo.voice_records); train the LM on them (configs/demo/lm.yaml)
+#   lm            the text tokenizer (runs/demo/tokenizer), the voice-prompt records (data/demo/voice_records, from
+#                 the shards: anygpt.demo.voice_records) and the chat records (data/demo/chat, from the image and music
+#                 shards: anygpt.demo.chat_records); train the LM on every direction and the chat (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -108,6 +109,10 @@ case "$stage" in
     for split in train val; do
       [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
         "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
+      count=12000; [ "$split" = val ] && count=200
+      [ -f "data/demo/chat/$split.jsonl" ] || python -m anygpt.demo.chat_records "data/demo/chat/$split.jsonl" \
+        --split "$split" --count "$count" --images "data/demo/shards_image/$split" \
+        --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)"
     done
     fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;

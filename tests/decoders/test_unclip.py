@@ -144,6 +144,19 @@ def test_a_saved_folder_loads_without_its_image_encoder(decoder, stock, embeds, 
     assert np.array_equal(expected, pixels(loaded.decode(embeds[:2], seeds=[8, 9])))
 
 
+def test_a_half_precision_folder_decodes_in_float32_on_the_cpu(decoder, embeds, tmp_path):
+    half = UnCLIPDecoder.tiny(num_inference_steps=STEPS)
+    half.pipe.to(torch.float16)
+    half.pipe.save_pretrained(tmp_path / "half")  # how the demo ships its decoder
+    loaded = UnCLIPDecoder(source=str(tmp_path / "half"), num_inference_steps=STEPS)
+    assert loaded.text_encoder.dtype == torch.float16  # transformers keeps the saved precision, diffusers does not
+    pictures = loaded.decode(embeds[:1], seeds=[1])
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    # the same pictures as the float32 decoder, up to the weights' rounding to float16
+    diff = np.abs(pixels(pictures).astype(int) - pixels(decoder.decode(embeds[:1], seeds=[1])).astype(int))
+    assert diff.mean() < 2.0, diff.mean()
+
+
 def test_moves_with_its_parent_and_casts_when_decoding(decoder, embeds):
     expected = pixels(decoder.decode(embeds[:1], seeds=[1]))
     parent = torch.nn.ModuleDict({"image": UnCLIPDecoder.tiny(num_inference_steps=STEPS)}).to(torch.float64)

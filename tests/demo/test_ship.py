@@ -66,3 +66,67 @@ def test_the_model_card_names_untrained_parts_and_carries_the_notes(tmp_path):
     assert "- `lm` (configs/demo/lm.yaml): not trained" in card
     assert "## Notes\n\n- the codec saw the first 20000 utterances" in card
     assert "## Corpus" not in card
+
+
+def test_music_codec_ships_as_a_half_precision_folder_with_its_harmonic_branch(tmp_path):
+    from safetensors.torch import load_file
+
+    from anygpt.demo.ship import ship_music_codec
+    from anygpt.tokenizers.music import EncodecMusicCodec
+
+    config = {"sampling_rate": 16000, "num_filters": 4, "hidden_size": 16, "codebook_dim": 16, "codebook_size": 64,
+              "target_bandwidths": [0.7], "num_lstm_layers": 1, "harmonics": 8, "harmonic_range": [80.0, 1600.0]}
+    trained = EncodecMusicCodec(source=None, config=config, segment_seconds=None, seed=2)
+    torch.save({"state_dict": {f"codec.model.{k}": v for k, v in trained.model.state_dict().items()},
+                "encodec_config": trained.model.config.to_dict()}, tmp_path / "best.ckpt")
+    folder = ship_music_codec(tmp_path / "best.ckpt", tmp_path)
+    weights = load_file(next(folder.glob("*.safetensors")))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert "decoder.head.weight" in weights  # the harmonic branch (pitch and harmonic amplitudes)
+    loaded = EncodecMusicCodec(source=str(folder), segment_seconds=None)
+    tone = 0.3 * torch.sin(torch.arange(32000) / 16000 * 2 * torch.pi * torch.linspace(200, 500, 32000))
+    a, b = trained.encode([(tone[None], 16000)])[0], loaded.encode([(tone[None], 16000)])[0]
+    assert a.shape == b.shape and (a == b).float().mean() > 0.9
+    assert loaded.decode([b])[0].shape[-1] == len(b) // loaded.num_codebooks * loaded.hop_length == 32000
+
+
+def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
+    import json
+    from pathlib import Path
+
+    import lightning
+    import yaml
+
+    from anygpt.decoders.unclip import UnCLIPDecoder
+    from anygpt.demo.ship import ship_image_codec
+    from anygpt.tokenizers.image import SeedImageCodec
+    from anygpt.training.image_codec import SeedTrainer
+
+    twin = Path(__file__).resolve().parents[1] / "configs" / "codecs" / "seed_tiny.yaml"
+    spec = dict(yaml.safe_load(twin.read_text())["model"]["init_args"], embedder=None, train_encoder=True)
+    spec["decoder"] = {"source": "tiny", "embedding_dim": 32, "decoder": {"num_inference_steps": 2},
+                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+                                "attention_head_dim": [2, 4],
+                                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
+    module = SeedTrainer(**spec)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    folder = ship_image_codec(tmp_path / "last.ckpt", tmp_path / "weights")
+    assert {v.dtype for v in torch.load(folder / "seed_quantizer.pt").values() if v.is_floating_point()} \
+        == {torch.float16}
+    decoder = UnCLIPDecoder(source=str(folder / "decoder"), num_inference_steps=2)
+    codec = SeedImageCodec(quantizer=str(folder / "seed_quantizer.pt"), visual=str(folder / "eva_vit_g.pth"),
+                           config=json.loads((folder / "seed_config.json").read_text()), decoder=decoder)
+    pictures = [torch.rand(3, 56, 56, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    from PIL import Image
+
+    images = [Image.fromarray((p.permute(1, 2, 0).numpy() * 255).astype("uint8")) for p in pictures]
+    with torch.no_grad():
+        expected = module.codec.encode(images)
+    got = codec.encode(images)
+    assert all((a == b).float().mean() > 0.9 for a, b in zip(expected, got))  # half precision moves few codes
+    decoded = codec.decode(got, seeds=[0, 1, 2])
+    assert [p.size for p in decoded] == [decoder.image_size[::-1]] * 3
