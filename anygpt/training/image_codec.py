@@ -36,7 +36,7 @@ from anygpt.tokenizers.seed.model import split_keys
 from anygpt.training.arguments import check_keys
 from anygpt.training.codebooks import CodebookUsage
 from anygpt.training.image_embedders import embeddings_of
-from anygpt.training.seed_parts import (FROZEN_PREFIXES, quantize_st, recon_from_decoded,
+from anygpt.training.seed_parts import (CODE_PREFIXES, FROZEN_PREFIXES, quantize_st, recon_from_decoded,
                                         redraw_stage2, restart_codes)
 from anygpt.training.arguments import from_cli, warmup_schedule
 
@@ -61,6 +61,9 @@ class SeedTrainer(LightningModule):
         weights: Loss weights over the defaults ``vq 5, recon 2, image 0.5, denoise 1``.
         beta: Weight of the codebook term inside L_vq (the reference's legacy VQ: commitment 1, codebook beta).
         train_encoder: Also train the ViT, ``ln_vision``, the Q-Former and its queries (frozen in the reference).
+        train_codes: Train what decides the codes (``encode_task_layer`` and the codebook); False keeps every
+            image's codes as they are, so an LM trained on them stays valid while the code decoder and the unCLIP
+            UNet train on (no dead-code restarts then). Needs ``train_encoder`` False.
         fresh_heads: Redraw the stage-2 parts (codebook fitted to z, as random codecs) from ``codec.seed``: stage 2
             from scratch on the released stage-1 ViT and Q-Former.
         restart_threshold: Codes used less than this (EMA count per step) restart from the batch's z; 0: off, as
@@ -77,7 +80,7 @@ class SeedTrainer(LightningModule):
 
     def __init__(self, codec: dict | None = None, embedder: nn.Module | None = None, decoder: dict | None = None,
                  weights: dict | None = None, beta: float = 0.25, train_encoder: bool = False,
-                 fresh_heads: bool = False, restart_threshold: float = 0.0, lr: float = 1e-4,
+                 train_codes: bool = True, fresh_heads: bool = False, restart_threshold: float = 0.0, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.05, warmup_steps: int = 0,
                  min_lr_ratio: float = 1.0, val_images: int = 2, val_seed: int = 0, export_dir: str | None = None):
         super().__init__()
@@ -88,6 +91,8 @@ class SeedTrainer(LightningModule):
         if beta < 0 or restart_threshold < 0 or lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
             raise AnyGPTError(f"need beta >= 0, restart_threshold >= 0, lr > 0, warmup_steps >= 0 and min_lr_ratio in "
                               f"[0, 1]; got {beta}, {restart_threshold}, {lr}, {warmup_steps}, {min_lr_ratio}")
+        if train_encoder and not train_codes:
+            raise AnyGPTError("model.init_args.train_codes false keeps the codes: it needs train_encoder false")
         settings = check_keys("codec", codec, SeedImageCodec.__init__)
         for key in ("decoder", "dtype"):
             if key in settings:
@@ -95,14 +100,16 @@ class SeedTrainer(LightningModule):
                                   f"decoder; training keeps float32 weights)")
         self.codec = SeedImageCodec(**{**settings, "decoder": None, "dtype": "float32"})
         self.weights = {**WEIGHTS, **(weights or {})}
-        self.beta, self.train_encoder, self.restart_threshold = beta, train_encoder, restart_threshold
+        self.beta, self.train_encoder, self.train_codes = beta, train_encoder, train_codes
+        self.restart_threshold = restart_threshold if train_codes else 0.0
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.val_images, self.val_seed, self.export_dir = val_images, val_seed, export_dir
         if fresh_heads:
             redraw_stage2(self.codec.model, settings.get("seed", 0))
+        frozen = FROZEN_PREFIXES + (() if train_codes else CODE_PREFIXES)
         for name, param in self.codec.model.named_parameters():
-            param.requires_grad_(train_encoder or not name.startswith(FROZEN_PREFIXES))
+            param.requires_grad_(train_encoder or not name.startswith(frozen))
         object.__setattr__(self, "embedder", embedder)  # frozen, outside the module tree: not in checkpoints
         if embedder is not None:
             embedder.eval().requires_grad_(False)

@@ -15,6 +15,8 @@ from anygpt.tokenizers.seed.model import SeedQuantizer, VectorQuantizer, fit_cod
 
 #: Parameters of the frozen encoder side (stage 1): the ViT, ``ln_vision``, the causal Q-Former, its queries.
 FROZEN_PREFIXES = ("visual_encoder.", "ln_vision.", "Qformer.", "query_tokens")
+#: Parameters after the encoder side that decide the codes: the projection to the codebook space and the codebook.
+CODE_PREFIXES = ("encode_task_layer.", "quantize.")
 
 
 def redraw_stage2(model: SeedQuantizer, seed: int) -> None:

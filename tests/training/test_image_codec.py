@@ -127,6 +127,39 @@ def test_joint_mode_trains_the_unet_through_the_embedding(run, images):
     assert all(p.grad is None for p in module.codec.model.Qformer.parameters())
 
 
+def test_frozen_codes_stay_while_the_code_decoder_and_unet_train(run, images):
+    spec = dict(run[2]["model"]["init_args"], embedder=None, train_codes=False, restart_threshold=0.5, lr=1e-2)
+    spec["decoder"] = {"source": "tiny", "embedding_dim": 32, "cond_dropout": 0.0,
+                       "decoder": {"num_inference_steps": 2},
+                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+                                "attention_head_dim": [2, 4],
+                                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
+    module = SeedTrainer(**spec)
+    pixels = images["pixels"][:4]
+    with torch.no_grad():
+        before = module(pixels)
+    book = module.codec.model.quantize.embedding.weight.detach().clone()
+    head = module.codec.model.distill_image_proj.weight.detach().clone()
+    unet = module.unclip.decoder.unet.conv_in.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-1)
+    for _ in range(3):
+        parts, out, _ = module._losses({"image": pixels, "items": [{}] * 4}, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        module._total(parts).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = module(pixels)
+    assert torch.equal(before["codes"], after["codes"])
+    assert torch.equal(book, module.codec.model.quantize.embedding.weight)
+    assert module.restart_threshold == 0.0  # no dead-code restarts either
+    assert not torch.equal(head, module.codec.model.distill_image_proj.weight)
+    assert not torch.equal(unet, module.unclip.decoder.unet.conv_in.weight)
+    assert not torch.allclose(before["embedding"], after["embedding"])
+    with pytest.raises(AnyGPTError, match="train_codes false keeps the codes: it needs train_encoder false"):
+        SeedTrainer(**dict(spec, train_encoder=True))
+
+
 @pytest.mark.parametrize("args, words", [
     ({"codec": {"quantizer": None, "visual": None, "bogus": 1}}, "codec: unknown key 'bogus'"),
     ({"codec": {"quantizer": None, "visual": None, "decoder": "x"}}, "codec.decoder: set by the trainer"),
