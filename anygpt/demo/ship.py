@@ -5,9 +5,11 @@
 Takes each run's ``best.ckpt`` (lowest validation loss) where there is one, else its ``last.ckpt``. Writes
 ``speech_codec.safetensors`` (the codec's SpeechTokenizer, ``SpeechTokenizerCodec(checkpoint=...)``; the
 ``speech_decoder`` run, the same codec with its decoder fine-tuned, writes the same file after ``speech_codec``),
-``soundstorm.safetensors`` (``SoundStormDecoder.from_pretrained``; its constructor arguments in the file's metadata)
-and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the shipped held-out
-clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
+``soundstorm.safetensors`` (``SoundStormDecoder.from_pretrained``; its constructor arguments in the file's metadata),
+``music_codec/`` (a transformers Encodec folder), ``image_codec/`` (the SEED codec's files and its unCLIP pipeline
+``decoder/``; the ``image_decoder`` run, the same codes with the decoder trained on, writes it again after
+``image_codec``) and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the
+shipped held-out clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
 """
 
 from __future__ import annotations
@@ -82,11 +84,10 @@ def ship_image_codec(ckpt: Path, out: Path) -> Path:
     trained = SeedTrainer.load_from_checkpoint(ckpt, map_location="cpu", embedder=None)
     if trained.unclip is None:
         raise AnyGPTError(f"{ckpt}: a SeedTrainer run without its unCLIP decoder (joint training): nothing draws")
-    trained.export(str(folder))
+    trained.unclip.decoder.pipe.to(torch.float16)
+    trained.export(str(folder))  # the codec's files and decoder/
     for name in ("seed_quantizer.pt", "eva_vit_g.pth"):
         torch.save(_half(torch.load(folder / name, map_location="cpu")), folder / name)
-    trained.unclip.decoder.pipe.to(torch.float16)
-    trained.unclip.export(str(folder / "decoder"))
     return folder
 
 
@@ -101,7 +102,8 @@ def ship_lm(ckpt: Path, out: Path) -> Path:
 
 
 PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec, "soundstorm": ship_soundstorm,
-         "music_codec": ship_music_codec, "image_codec": ship_image_codec, "lm": ship_lm}
+         "music_codec": ship_music_codec, "image_codec": ship_image_codec, "image_decoder": ship_image_codec,
+         "lm": ship_lm}
 
 
 def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:

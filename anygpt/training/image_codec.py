@@ -248,13 +248,16 @@ class SeedTrainer(LightningModule):
             checkpoint["state_dict"].setdefault(key, own[key])
 
     def export(self, folder: str) -> None:
-        """Write ``seed_quantizer.pt``, ``eva_vit_g.pth`` and ``seed_config.json`` (what ``load_codec`` reads)."""
+        """Write ``seed_quantizer.pt``, ``eva_vit_g.pth`` and ``seed_config.json`` (what ``load_codec`` reads), and
+        in joint mode the unCLIP decoder as a pipeline folder ``decoder/`` (``UnCLIPDecoder(source=...)``)."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         visual, rest = split_keys(self.codec.model)
         torch.save({k: v.detach().cpu().clone() for k, v in rest.items()}, out / FILES["quantizer"])
         torch.save({k: v.detach().cpu().clone() for k, v in visual.items()}, out / FILES["visual"])
         (out / FILES["config"]).write_text(json.dumps(self.codec.config, indent=1) + "\n")
+        if self.unclip is not None:
+            self.unclip.export(str(out / "decoder"))
 
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:

@@ -21,6 +21,9 @@
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
 #                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); it exports
 #                 runs/demo/image_codec/export
+#   image_decoder part 2: the image codec's code decoder and UNet trained on with its codes frozen
+#                 (configs/demo/image_decoder.yaml, from runs/demo/image_codec/export): the image tokens, and an LM
+#                 trained on them, stay valid; it exports runs/demo/image_decoder/export
 #   tokenize_image, tokenize_music  part 2: the scene / melody corpus as token shards with captions,
 #                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the codecs of
 #                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
@@ -118,6 +121,7 @@ case "$stage" in
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
+  image_decoder) scenes; fit configs/demo/image_decoder.yaml image_decoder; pack image_decoder ;;
   tokenize_image)
     scenes; tokenize image images shards_image
     [ -z "$out" ] || tar -cf "$out/shards_image.tar" data/demo/shards_image ;;
