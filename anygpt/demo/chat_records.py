@@ -11,7 +11,11 @@ span, as the chat history writes an assistant turn with media::
      {"role": "assistant", "message": "the star is red"}], "must_name": ["red"]}
 
     python -m anygpt.demo.chat_records data/demo/chat/train.jsonl --split train --count 12000 \\
-        --images data/demo/shards_image/train --music data/demo/shards_music/train
+        --images data/demo/shards_image/train --music data/demo/shards_music/train \\
+        --speech-cache data/demo/chat/speech_codes.jsonl.gz
+
+The speech codes depend only on the texts, voices and the speech codec, not on the image or music codecs, so a cache
+built once (on any machine) serves every rebuild after the image codec changed, without espeak-ng.
 """
 
 from __future__ import annotations
@@ -76,30 +80,56 @@ def _speak(job: tuple[str, dict]) -> tuple:
     return speak({"text": text, **voice})[0]
 
 
-def spoken_spans(jobs: list[tuple[str, dict]], codec_args: dict, workers: int = 1, batch: int = 64) -> list[str]:
+def _key(job: tuple[str, dict]) -> str:
+    return json.dumps([job[0], job[1]], sort_keys=True)
+
+
+def read_cache(path: str | Path | None) -> dict[str, list[int]]:
+    """Speech codes by ``(text, voice)`` from a cache file (gzip JSON lines ``{"key", "codes"}``); {} if none."""
+    import gzip
+
+    if path is None or not Path(path).is_file():
+        return {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return {line["key"]: line["codes"] for line in map(json.loads, f)}
+
+
+def spoken_spans(jobs: list[tuple[str, dict]], codec_args: dict, workers: int = 1, batch: int = 64,
+                 cache: str | Path | None = None) -> list[str]:
     """Speech token strings of ``(text, voice)`` jobs: espeak-ng renderings (``workers`` processes) encoded by the
-    speech codec (on the GPU when there is one)."""
+    speech codec (on the GPU when there is one). With ``cache``, codes found there are reused and the new ones are
+    added to it, so a later build needs neither espeak-ng nor the codec."""
+    import gzip
+
     import torch
 
-    from anygpt.tokenizers.speech import SpeechTokenizerCodec
+    found = read_cache(cache)
+    missing = sorted({_key(job) for job in jobs} - set(found))
+    if missing:
+        from anygpt.tokenizers.speech import SpeechTokenizerCodec
 
-    if not jobs:
-        return []
-    codec = SpeechTokenizerCodec(**codec_args)
-    if torch.cuda.is_available():
-        codec = codec.cuda()
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        waves = list(pool.map(_speak, jobs, chunksize=16))
-    spans = []
-    for start in range(0, len(waves), batch):
-        items = [(torch.from_numpy(w)[None], 16000) for w in waves[start:start + batch]]
-        spans += [token_string(codes.tolist(), *SPEECH_TAGS) for codes in codec.encode(items)]
-    return spans
+        codec = SpeechTokenizerCodec(**codec_args)
+        if torch.cuda.is_available():
+            codec = codec.cuda()
+        todo = [tuple(json.loads(key)) for key in missing]
+        with ProcessPoolExecutor(max(1, workers)) as pool:
+            waves = list(pool.map(_speak, todo, chunksize=16))
+        for start in range(0, len(waves), batch):
+            items = [(torch.from_numpy(w)[None], 16000) for w in waves[start:start + batch]]
+            for key, codes in zip(missing[start:start + batch], codec.encode(items)):
+                found[key] = codes.tolist()
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(cache, "wt", encoding="utf-8") as f:
+                for key in sorted(found):
+                    f.write(json.dumps({"key": key, "codes": found[key]}, ensure_ascii=False) + "\n")
+    return [token_string(found[_key(job)], *SPEECH_TAGS) for job in jobs]
 
 
 def build(out: str | Path, split: str, count: int, images: str, music: str, seed: int = 0,
-          codec_args: dict | None = None, workers: int = 1) -> dict:
-    """Write ``count`` conversations of ``split`` to ``out`` (JSONL); returns a summary."""
+          codec_args: dict | None = None, workers: int = 1, speech_cache: str | Path | None = None) -> dict:
+    """Write ``count`` conversations of ``split`` to ``out`` (JSONL); returns a summary. ``speech_cache``: see
+    :func:`spoken_spans`."""
     from anygpt.demo.conversations import plan
     from anygpt.demo.speech_corpus import voice_split
     from anygpt.lm.chat import user_message
@@ -116,7 +146,7 @@ def build(out: str | Path, split: str, count: int, images: str, music: str, seed
         if record["speak"]:
             jobs.append((record["answer"], answer_voice))
             where.append((i, "answer"))
-    spans = dict(zip(where, spoken_spans(jobs, codec_args or SPEECH_CODEC, workers)))
+    spans = dict(zip(where, spoken_spans(jobs, codec_args or SPEECH_CODEC, workers, cache=speech_cache)))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         for i, (record, attachment) in enumerate(zip(records, attachments)):
@@ -141,10 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speech-codec", default=SPEECH_CODEC["checkpoint"], help="speech codec weights")
     parser.add_argument("--workers", type=int, default=1, help="espeak-ng processes")
+    parser.add_argument("--speech-cache", help="codes of spoken turns by text and voice (gzip JSON lines): read, and "
+                                               "extended with what was missing")
     args = parser.parse_args(argv)
     try:
         summary = build(args.out, args.split, args.count, args.images, args.music, args.seed,
-                        {**SPEECH_CODEC, "checkpoint": args.speech_codec}, args.workers)
+                        {**SPEECH_CODEC, "checkpoint": args.speech_codec}, args.workers, args.speech_cache)
     except AnyGPTError as err:
         raise SystemExit(f"chat_records: {err}") from None
     print(json.dumps(summary))

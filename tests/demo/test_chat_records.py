@@ -34,7 +34,8 @@ def built(tmp_path_factory):
     scenes, melodies = scene_plan(0, {"train": 60})["train"], melody_plan(0, {"train": 60})["train"]
     write(tmp / "images", "image", ("👀", "<soim>", "<eoim>"), [s["text"] for s in scenes])
     write(tmp / "music", "music", ("🎶", "<somu>", "<eomu>"), [m["text"] for m in melodies])
-    summary = chat_records.build(tmp / "chat.jsonl", "train", COUNT, str(tmp / "images"), str(tmp / "music"))
+    summary = chat_records.build(tmp / "chat.jsonl", "train", COUNT, str(tmp / "images"), str(tmp / "music"),
+                                 speech_cache=tmp / "speech.jsonl.gz")
     lines = [json.loads(line) for line in (tmp / "chat.jsonl").read_text(encoding="utf-8").splitlines()]
     return tmp, summary, lines
 
@@ -111,3 +112,16 @@ def test_shards_of_another_corpus_are_refused_by_name(tmp_path):
     with pytest.raises(AnyGPTError, match="no finished binary shard at .*none"):
         chat_records.build(tmp_path / "out.jsonl", "train", COUNT, str(tmp_path / "none"), str(tmp_path / "music"))
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_speech_cache_rebuilds_the_same_records_without_the_codec(built):
+    tmp, summary, lines = built
+    cached = chat_records.read_cache(tmp / "speech.jsonl.gz")
+    assert len(cached) == summary["spoken_questions"] + summary["spoken_answers"]  # distinct texts and voices here
+    nowhere = {**chat_records.SPEECH_CODEC, "checkpoint": str(tmp / "no_such_codec.safetensors")}
+    chat_records.build(tmp / "again.jsonl", "train", COUNT, str(tmp / "images"), str(tmp / "music"),
+                       codec_args=nowhere, speech_cache=tmp / "speech.jsonl.gz")
+    assert (tmp / "again.jsonl").read_text(encoding="utf-8") == (tmp / "chat.jsonl").read_text(encoding="utf-8")
+    with pytest.raises(AnyGPTError, match="no_such_codec"):  # a text the cache lacks needs the codec, named
+        chat_records.build(tmp / "more.jsonl", "train", COUNT + 8, str(tmp / "images"), str(tmp / "music"),
+                           codec_args=nowhere, speech_cache=tmp / "speech.jsonl.gz")
