@@ -29,7 +29,10 @@
 #                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
 #   lm            the text tokenizer (runs/demo/tokenizer), the voice-prompt records (data/demo/voice_records, from
 #                 the shards: anygpt.demo.voice_records) and the chat records (data/demo/chat, from the image and music
-#                 shards: anygpt.demo.chat_records); train the LM on every direction and the chat (configs/demo/lm.yaml)
+#                 shards: anygpt.demo.chat_records; the codes of their spoken turns are kept in
+#                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
+#                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
+#                 (configs/demo/lm.yaml)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -115,7 +118,8 @@ case "$stage" in
       count=12000; [ "$split" = val ] && count=200
       [ -f "data/demo/chat/$split.jsonl" ] || python -m anygpt.demo.chat_records "data/demo/chat/$split.jsonl" \
         --split "$split" --count "$count" --images "data/demo/shards_image/$split" \
-        --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)"
+        --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)" \
+        --speech-cache data/demo/chat/speech_codes.jsonl.gz
     done
     fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
