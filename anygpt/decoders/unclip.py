@@ -70,9 +70,13 @@ class UnCLIPDecoder(nn.Module):
         if components is not None:
             pipe = StableUnCLIPImg2ImgPipeline(**{"image_encoder": None, "feature_extractor": None, **components})
         elif source is not None:
+            from anygpt.decoders.decoder_only_vae import load_decoder_only
+
             # the image encoder (CLIP ViT-H, 0.6 B params) only turns pictures into embeddings: never load it
-            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(resolve(source, ignore=SKIPPED_FILES), image_encoder=None,
-                                                               feature_extractor=None)
+            folder = resolve(source, ignore=SKIPPED_FILES)
+            vae = load_decoder_only(folder / "vae")  # a folder shipped without the VAE's encoder
+            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, image_encoder=None, feature_extractor=None,
+                                                               **({"vae": vae} if vae is not None else {}))
         else:
             raise ValueError("UnCLIPDecoder needs a source (repo id or folder) or ready components")
         pipe.set_progress_bar_config(disable=True)

@@ -39,12 +39,15 @@ def _fit_state(ckpt: Path, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def ship_speech_codec(ckpt: Path, out: Path) -> Path:
-    """The SpeechTokenizer weights of a ``SpeechTokenizerTrainer`` fit checkpoint, half precision."""
+    """The SpeechTokenizer weights of a ``SpeechTokenizerTrainer`` fit checkpoint, half precision, without the
+    codebooks' training statistics (``anygpt.tokenizers.codebook_state``)."""
     from safetensors.torch import save_file
+
+    from anygpt.tokenizers.codebook_state import drop_codebook_stats
 
     state, _ = _fit_state(ckpt, "codec.model.")
     path = out / "speech_codec.safetensors"
-    save_file(_half(state), path)
+    save_file(_half(drop_codebook_stats(state)), path)
     return path
 
 
@@ -62,20 +65,27 @@ def ship_soundstorm(ckpt: Path, out: Path) -> Path:
 
 def ship_music_codec(ckpt: Path, out: Path) -> Path:
     """The Encodec (with its harmonic branch) of an ``EncodecTrainer`` fit checkpoint as a transformers folder,
-    half precision, into ``out/music_codec`` (``EncodecMusicCodec(source=...)``)."""
+    half precision and without the codebooks' training statistics, into ``out/music_codec``
+    (``EncodecMusicCodec(source=...)``)."""
     from anygpt.tokenizers.music import EncodecMusicCodec
 
     folder = out / "music_codec"
     if folder.exists():
         shutil.rmtree(folder)
+    from safetensors.torch import load_file, save_file
+
+    from anygpt.tokenizers.codebook_state import drop_codebook_stats
+
     EncodecMusicCodec(source=str(ckpt), segment_seconds=None).model.half().save_pretrained(folder)
+    for file in folder.glob("*.safetensors"):
+        save_file(drop_codebook_stats(load_file(str(file))), str(file), metadata={"format": "pt"})
     return folder
 
 
 def ship_image_codec(ckpt: Path, out: Path) -> Path:
     """A joint ``SeedTrainer`` fit checkpoint, half precision, into ``out/image_codec``: the codec's
     ``seed_quantizer.pt``, ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a diffusers pipeline
-    folder ``decoder/``."""
+    folder ``decoder/`` whose VAE keeps its decoder only (``anygpt.decoders.decoder_only_vae``)."""
     from anygpt.training.image_codec import SeedTrainer
 
     folder = out / "image_codec"
@@ -84,21 +94,35 @@ def ship_image_codec(ckpt: Path, out: Path) -> Path:
     trained = SeedTrainer.load_from_checkpoint(ckpt, map_location="cpu", embedder=None)
     if trained.unclip is None:
         raise AnyGPTError(f"{ckpt}: a SeedTrainer run without its unCLIP decoder (joint training): nothing draws")
+    from anygpt.decoders.decoder_only_vae import strip_encoder
+
     trained.unclip.decoder.pipe.to(torch.float16)
     trained.export(str(folder))  # the codec's files and decoder/
     for name in ("seed_quantizer.pt", "eva_vit_g.pth"):
         torch.save(_half(torch.load(folder / name, map_location="cpu")), folder / name)
+    strip_encoder(folder / "decoder" / "vae")  # decoding never encodes pictures
     return folder
 
 
 def ship_lm(ckpt: Path, out: Path) -> Path:
-    """``anygpt export`` of the LM checkpoint in float16, into ``out/lm``."""
+    """``anygpt export`` of the LM checkpoint in float16, into ``out/lm``. ``tokenizer_config.json`` loses its
+    ``added_tokens_decoder``, a third copy of the added tokens (0.35 MB with the demo's 2300 media tokens):
+    ``added_tokens.json`` gives them to the model's tokenizer, ``tokenizer.json`` to transformers'; both are
+    written without indentation."""
     from anygpt.lm.export import export
 
     folder = out / "lm"
     if folder.exists():
         shutil.rmtree(folder)
-    return export(ckpt, folder, dtype="float16")
+    path = Path(export(ckpt, folder, dtype="float16"))
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("added_tokens_decoder", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    for name in ("tokenizer.json", "added_tokens.json"):  # the same JSON without indentation (0.2 MB less)
+        data = json.loads((path / name).read_text(encoding="utf-8"))
+        (path / name).write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    return path
 
 
 PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec, "soundstorm": ship_soundstorm,

@@ -277,14 +277,17 @@ def _build(cfg: Any) -> torch.nn.Module:
 
 
 def _load_harmonic(folder, cfg: Any) -> torch.nn.Module:
-    """A saved Encodec with a harmonic branch (``save_pretrained`` of ``_build``'s model), loaded strictly."""
+    """A saved Encodec with a harmonic branch (``save_pretrained`` of ``_build``'s model), loaded strictly (codebook
+    statistics that a shipped file leaves out are restarted from the codebooks)."""
     from safetensors.torch import load_file
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if len(files) != 1:
         raise AnyGPTError(f"{folder}: expected one .safetensors file of a harmonic Encodec, found {len(files)}")
+    from anygpt.tokenizers.codebook_state import fill_codebook_stats
+
     model = _build(cfg)
-    model.load_state_dict(load_file(str(files[0])), strict=True)
+    model.load_state_dict(fill_codebook_stats(load_file(str(files[0])), model.state_dict()), strict=True)
     return model.eval()
 
 

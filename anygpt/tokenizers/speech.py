@@ -262,6 +262,7 @@ def load_speechtokenizer_state(model: torch.nn.Module, path, skip: str | None = 
     """Load a SpeechTokenizer checkpoint strictly; keys under the prefix ``skip`` (e.g. ``decoder.``) are neither
     read nor expected."""
     from anygpt.hub import read_state
+    from anygpt.tokenizers.codebook_state import fill_codebook_stats
 
     try:
         state = read_state(path)
@@ -274,6 +275,7 @@ def load_speechtokenizer_state(model: torch.nn.Module, path, skip: str | None = 
         state = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
         if not state:
             raise AnyGPTError(f"{path} is a fit checkpoint without SpeechTokenizer weights (no '{prefix}' keys)")
+    state = fill_codebook_stats(state, model.state_dict())  # shipped demo weights leave them out
     expected = None
     if skip is not None:
         state = {k: v for k, v in state.items() if not k.startswith(skip)}

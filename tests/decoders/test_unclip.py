@@ -157,6 +157,22 @@ def test_a_half_precision_folder_decodes_in_float32_on_the_cpu(decoder, embeds, 
     assert diff.mean() < 2.0, diff.mean()
 
 
+def test_a_vae_without_its_encoder_decodes_the_same_pictures(decoder, embeds, tmp_path):
+    from anygpt.decoders.decoder_only_vae import strip_encoder
+
+    decoder.pipe.save_pretrained(tmp_path / "full")
+    lean = shutil.copytree(tmp_path / "full", tmp_path / "lean")
+    assert strip_encoder(lean / "vae") > 0
+    state = torch.random.get_rng_state()
+    loaded = UnCLIPDecoder(source=str(lean), num_inference_steps=STEPS)
+    assert torch.equal(state, torch.random.get_rng_state())  # nothing drawn at random
+    assert loaded.vae.encoder is None and all(not p.is_meta for p in loaded.parameters())
+    expected = pixels(decoder.decode(embeds[:2], seeds=[3, 4]))
+    assert np.array_equal(expected, pixels(loaded.decode(embeds[:2], seeds=[3, 4])))
+    full = UnCLIPDecoder(source=str(tmp_path / "full"), num_inference_steps=STEPS)
+    assert full.vae.encoder is not None  # a folder with its encoder loads as before
+
+
 def test_moves_with_its_parent_and_casts_when_decoding(decoder, embeds):
     expected = pixels(decoder.decode(embeds[:1], seeds=[1]))
     parent = torch.nn.ModuleDict({"image": UnCLIPDecoder.tiny(num_inference_steps=STEPS)}).to(torch.float64)

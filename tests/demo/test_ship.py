@@ -21,6 +21,7 @@ def test_speech_codec_ships_and_loads_with_the_same_codes(tmp_path):
     from safetensors.torch import load_file
 
     assert {v.dtype for v in load_file(path).values() if v.is_floating_point()} == {torch.float16}
+    assert not [k for k in load_file(path) if k.endswith(("embed_avg", "cluster_size"))]  # training statistics
     loaded = SpeechTokenizerCodec(config=CODEC, checkpoint=str(path), decoder=None)
     assert next(loaded.model.parameters()).dtype == torch.float32
     audio = 0.3 * torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * torch.linspace(150, 400, 16000))
@@ -83,6 +84,7 @@ def test_music_codec_ships_as_a_half_precision_folder_with_its_harmonic_branch(t
     weights = load_file(next(folder.glob("*.safetensors")))
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
     assert "decoder.head.weight" in weights  # the harmonic branch (pitch and harmonic amplitudes)
+    assert not [k for k in weights if k.endswith(("embed_avg", "cluster_size"))]  # training statistics
     loaded = EncodecMusicCodec(source=str(folder), segment_seconds=None)
     tone = 0.3 * torch.sin(torch.arange(32000) / 16000 * 2 * torch.pi * torch.linspace(200, 500, 32000))
     a, b = trained.encode([(tone[None], 16000)])[0], loaded.encode([(tone[None], 16000)])[0]
@@ -130,3 +132,29 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
     assert all((a == b).float().mean() > 0.9 for a, b in zip(expected, got))  # half precision moves few codes
     decoded = codec.decode(got, seeds=[0, 1, 2])
     assert [p.size for p in decoded] == [decoder.image_size[::-1]] * 3
+
+
+def test_the_lm_ships_with_one_tokenizer_config_less_and_both_tokenizers_read_it(tmp_path):
+    import json
+
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from anygpt.cli import AnyGPTCLI
+    from anygpt.demo.ship import ship_lm
+    from anygpt.lm.tokenizer import TextTokenizer
+
+    root = Path(__file__).resolve().parents[2]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        cli = AnyGPTCLI(args=["fit", "--config", "tests/configs/fit_sft_tiny.yaml", "--trainer.max_steps", "1",
+                              "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "true",
+                              "--trainer.default_root_dir", str(tmp_path / "fit")])
+    [ckpt] = (tmp_path / "fit").rglob("*.ckpt")
+    folder = Path(ship_lm(ckpt, tmp_path / "weights"))
+    assert "added_tokens_decoder" not in json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    text = "[Human]: Read this aloud: Hello  there.<eoh> [MMGPT]: <sosp><🗣️0><🗣️17><eosp><eos>"
+    expected = cli.model.tokenizer.encode(text)
+    assert TextTokenizer.from_pretrained(folder).encode(text) == expected
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == expected
