@@ -9,7 +9,8 @@ Takes each run's ``best.ckpt`` (lowest validation loss) where there is one, else
 ``music_codec/`` (a transformers Encodec folder), ``image_codec/`` (the SEED codec's files and its unCLIP pipeline
 ``decoder/``; the ``image_decoder`` run, the same codes with the decoder trained on, writes it again after
 ``image_codec``) and ``lm/`` (``anygpt export``: config, weights and tokenizer), all in half precision, and the
-shipped held-out clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written is printed.
+shipped held-out clips under ``anygpt/demo/clips``. Each part is skipped when its run is missing; what was written
+is printed.
 """
 
 from __future__ import annotations
