@@ -103,14 +103,11 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
     from anygpt.demo.ship import ship_image_codec
     from anygpt.tokenizers.image import SeedImageCodec
     from anygpt.training.image_codec import SeedTrainer
+    from tests.training.test_image_codec import JOINT_DECODER
 
     twin = Path(__file__).resolve().parents[1] / "configs" / "codecs" / "seed_tiny.yaml"
     spec = dict(yaml.safe_load(twin.read_text())["model"]["init_args"], embedder=None, train_encoder=True)
-    spec["decoder"] = {"source": "tiny", "embedding_dim": 32, "decoder": {"num_inference_steps": 2},
-                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
-                                "attention_head_dim": [2, 4],
-                                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
+    spec["decoder"] = JOINT_DECODER
     module = SeedTrainer(**spec)
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                   "pytorch-lightning_version": lightning.__version__}

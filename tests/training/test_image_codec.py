@@ -20,6 +20,11 @@ from anygpt.training.image_embedders import MeanColourEmbedder
 ROOT = Path(__file__).resolve().parents[2]
 TWIN = ROOT / "tests" / "configs" / "codecs" / "seed_tiny.yaml"
 IMAGES = ROOT / "tests" / "configs" / "data" / "unclip_images"
+# joint mode: a tiny UNet of its own, conditioned on the twin's 32-d embedding (also used by tests/demo/test_ship.py)
+JOINT_DECODER = {"source": "tiny", "embedding_dim": 32, "cond_dropout": 0.0, "decoder": {"num_inference_steps": 2},
+                 "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+                          "attention_head_dim": [2, 4], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                          "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +116,7 @@ def test_image_head_equals_codebook_entry(run, images):
 
 def test_joint_mode_trains_the_unet_through_the_embedding(run, images):
     spec = dict(run[2]["model"]["init_args"], embedder=None)
-    spec["decoder"] = {"source": "tiny", "embedding_dim": 32, "cond_dropout": 0.0,
-                       "decoder": {"num_inference_steps": 2},
-                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
-                                "attention_head_dim": [2, 4],
-                                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
+    spec["decoder"] = JOINT_DECODER
     module = SeedTrainer(**spec)
     batch = {"image": images["pixels"][:2], "items": [{}, {}]}
     parts, _, target = module._losses(batch, torch.Generator().manual_seed(0))
@@ -129,12 +129,7 @@ def test_joint_mode_trains_the_unet_through_the_embedding(run, images):
 
 def test_frozen_codes_stay_while_the_code_decoder_and_unet_train(run, images):
     spec = dict(run[2]["model"]["init_args"], embedder=None, train_codes=False, restart_threshold=0.5, lr=1e-2)
-    spec["decoder"] = {"source": "tiny", "embedding_dim": 32, "cond_dropout": 0.0,
-                       "decoder": {"num_inference_steps": 2},
-                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
-                                "attention_head_dim": [2, 4],
-                                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "use_linear_projection": True}}
+    spec["decoder"] = JOINT_DECODER
     module = SeedTrainer(**spec)
     pixels = images["pixels"][:4]
     with torch.no_grad():
