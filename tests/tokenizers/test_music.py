@@ -245,3 +245,23 @@ def test_loads_weights_from_a_local_folder(tmp_path, codec):
     assert not loaded.training and loaded.bandwidth == 2.2
     item = (_clip(2000, seed=10), SR)
     assert torch.equal(loaded.encode([item])[0], codec.encode([item])[0])
+
+
+def test_span_check_agrees_with_the_position_by_position_grammar(codec):
+    from anygpt.tokenizers.base import _check_grammar
+
+    k, size = codec.num_codebooks, codec.codebook_size
+    generator = torch.Generator().manual_seed(0)
+    good = flatten_codes(torch.randint(0, size, (k, 50), generator=generator), size)
+    assert torch.equal(codec.check_codes(good), _check_grammar(codec, good))
+    for position in (0, 7, len(good) - 1):
+        for value in (-1, (position % k) * size - 1, (position % k + 1) * size, k * size):
+            bad = good.clone()
+            bad[position] = value
+            if value >= 0 and (position % k) * size <= value < (position % k + 1) * size:
+                continue
+            with pytest.raises(ValueError) as ours:
+                codec.check_codes(bad)
+            with pytest.raises(ValueError) as reference:
+                _check_grammar(codec, bad)
+            assert str(ours.value) == str(reference.value)
