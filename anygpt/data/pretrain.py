@@ -10,6 +10,7 @@ format): they join the mixture in the chat template, with the loss on the assist
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from functools import partial
 from typing import Any
@@ -23,6 +24,13 @@ from anygpt.data.pairs import read_examples
 from anygpt.data.resumable import ResumableData, StreamLoader, StreamState
 from anygpt.data.sft import conversation_example
 from anygpt.data.shards import expand_folders
+
+_FORKED: dict = {}  # what forked readers take from the parent: the data module, the model, the dataset specs
+
+
+def _read_job(job: tuple[int, str]) -> tuple[list[tuple], list[str]]:
+    index, file = job
+    return _FORKED["module"]._read(_FORKED["specs"][index], [file], _FORKED["model"])
 
 
 def _check_specs(specs: list[dict], where: str) -> list[dict]:
@@ -70,24 +78,26 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         examples_per_epoch: Draws per epoch; None: as many as the datasets hold together.
         seed: Seed of the directions, instructions, shuffles and draws.
         num_workers: DataLoader workers.
+        read_workers: Processes that read and tokenize the dataset files at setup (forked; 0: this process).
     """
 
     def __init__(self, datasets: list[dict] = [], val_datasets: list[dict] = [], block_size: int = 4096,
-                 batch_size: int = 1, examples_per_epoch: int | None = None, seed: int = 42, num_workers: int = 0):
+                 batch_size: int = 1, examples_per_epoch: int | None = None, seed: int = 42, num_workers: int = 0,
+                 read_workers: int = 0):
         super().__init__()
         if block_size < 2 or batch_size < 1:
             raise AnyGPTError(f"block_size must be >= 2 and batch_size >= 1, got {block_size} and {batch_size}")
         self.specs = _check_specs(datasets, "datasets")
         self.val_specs = _check_specs(val_datasets, "val_datasets")
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
-        self.examples_per_epoch, self.seed = examples_per_epoch, seed
+        self.examples_per_epoch, self.seed, self.read_workers = examples_per_epoch, seed, read_workers
         self.train_sets: list[list] = []
         self.val_blocks: list = []
         self.problems: list[str] = []
         self.task_names: list[str] = []
         self.stream: StreamState | None = None
 
-    def _read(self, spec: dict, model: Any) -> list[tuple]:
+    def _read(self, spec: dict, files: list[str], model: Any) -> tuple[list[tuple], list[str]]:
         eos_id, answer_start = model.layout.token_id("<eos>"), model.layout.token_id("[MMGPT]")
 
         def build(record, rng):
@@ -97,9 +107,26 @@ class PretrainDataModule(ResumableData, LightningDataModule):
             return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"],
                                        code_noise=spec["code_noise"])
 
-        examples, problems = read_examples(spec["files"], build, self.seed)
-        self.problems += problems
-        return examples
+        return read_examples(files, build, self.seed)
+
+    def _read_all(self, specs: list[dict], model: Any) -> list[list[tuple]]:
+        """Each dataset's examples, its files read in order; with ``read_workers``, files are read in forked
+        processes at once (records are seeded by file and line, so the examples are the same)."""
+        jobs = [(i, file) for i, spec in enumerate(specs) for file in spec["files"]]
+        if self.read_workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            _FORKED.update(module=self, model=model, specs=specs)
+            try:
+                with multiprocessing.get_context("fork").Pool(min(self.read_workers, len(jobs))) as pool:
+                    results = pool.map(_read_job, jobs, chunksize=1)
+            finally:
+                _FORKED.clear()
+        else:
+            results = [self._read(specs[i], [file], model) for i, file in jobs]
+        per_spec: list[list[tuple]] = [[] for _ in specs]
+        for (i, _), (examples, problems) in zip(jobs, results):
+            per_spec[i] += examples
+            self.problems += problems
+        return per_spec
 
     def setup(self, stage: str) -> None:
         model = self.trainer.lightning_module
@@ -107,7 +134,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         if stage == "fit":
             if not self.specs:
                 raise AnyGPTError("data.datasets is empty: fit needs at least one dataset")
-            self.train_sets = [self._read(spec, model) for spec in self.specs]
+            self.train_sets = self._read_all(self.specs, model)
             empty = [spec["name"] for spec, data in zip(self.specs, self.train_sets) if not data]
             if empty:
                 raise AnyGPTError(f"no usable records in datasets {empty}")
@@ -115,7 +142,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         if stage in ("fit", "validate"):
             if stage == "validate" and not self.val_specs:
                 raise AnyGPTError("data.val_datasets is empty: validate needs at least one dataset")
-            examples = [ex for spec in self.val_specs for ex in self._read(spec, model)]
+            examples = [ex for data in self._read_all(self.val_specs, model) for ex in data]
             self.val_blocks = [[examples[i] for i in block]
                                for block in pack_greedy([len(ex[0]) for ex in examples], self.block_size)]
         tasks = {ex[-1] for data in self.train_sets for ex in data}

@@ -107,6 +107,20 @@ def test_conversations_join_the_mixture_with_labels_on_the_answers_only(model):
     assert checked and Counter(ex[-1] for block in blocks for ex in block)["chat"] > 20
 
 
+def test_files_read_in_forked_processes_give_the_same_examples(model):
+    specs = [{"name": "mixed", "files": [str(DATA / "speech_train.jsonl"), str(DATA / "music_train.jsonl")],
+              "to_text_prob": 0.5, "code_noise": 0.2},
+             {"name": "chat", "files": [str(DATA / "sft_train.jsonl")]}]
+    val = [{"name": "val", "files": [str(DATA / "music_val.jsonl")]}]
+    alone, forked = (attach(PretrainDataModule(datasets=specs, val_datasets=val, block_size=256, seed=5,
+                                               read_workers=workers), model) for workers in (0, 3))
+    alone.setup("fit")
+    forked.setup("fit")
+    assert forked.train_sets == alone.train_sets and sum(map(len, alone.train_sets)) > 20
+    assert forked.val_blocks == alone.val_blocks and forked.problems == alone.problems and alone.problems
+    assert forked.train_blocks(0) == alone.train_blocks(0)
+
+
 def test_code_noise_is_part_of_the_stream_a_resume_checks():
     from anygpt import AnyGPTError
     from anygpt.data.pretrain import PretrainDataModule
