@@ -33,16 +33,21 @@ HELD_OUT = 200
 ASK_ALOUD, ANSWER_ALOUD = 0.35, 0.3
 
 
+def _a(words: str) -> str:
+    """``words`` with their indefinite article, as the scene captions write it."""
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+
 def image_questions(scene: dict) -> list[tuple[str, str, list[str]]]:
     """(question, answer, words the answer must name) about a scene."""
     shapes = scene["shapes"]
-    described = " and ".join(f"a {s['color']} {s['shape']}" for s in shapes)
+    described = " and ".join(_a(f"{s['color']} {s['shape']}") for s in shapes)
     out = [("what is in this picture", scene["text"], [w for s in shapes for w in (s["color"], s["shape"])]),
            ("describe the picture", f"i see {described}", [w for s in shapes for w in (s["color"], s["shape"])])]
     if len(shapes) == 1:
         s = shapes[0]
         out += [(f"what colour is the {s['shape']}", f"the {s['shape']} is {s['color']}", [s["color"]]),
-                ("what shape do you see", f"a {s['color']} {s['shape']}", [s["shape"]]),
+                ("what shape do you see", _a(f"{s['color']} {s['shape']}"), [s["shape"]]),
                 (f"where is the {s['shape']}", f"it is {PHRASES[s['position']]}",
                  [PHRASES[s["position"]].split(" ", 2)[-1].replace(" corner", "")])]
     else:

@@ -1,6 +1,7 @@
 """The demo world's conversations (anygpt.demo.conversations): plans, the shipped held-out file, rendered lines."""
 
 import json
+import re
 
 import pytest
 
@@ -22,8 +23,9 @@ def test_plan_is_deterministic_and_asks_about_held_out_items_only():
                              s["shapes"][0]["position"], s["background"]), 0)
                    for r in train if r["attachment"]["modality"] == "image"
                    for s in [r["attachment"]["attributes"]] if len(s["shapes"]) == 1)
-    for record in a + train:  # every answer names what it must
+    for record in a + train:  # every answer names what it must, in English ("an orange", never "a orange")
         assert record["must_name"] and all(w in record["answer"] for w in record["must_name"])
+        assert not re.search(r"\ba [aeiou]", record["answer"]) and not re.search(r"\ban [^aeiou]", record["answer"])
     from anygpt.demo.scenes import plan as scene_plan
 
     corpus = scene_plan(0, {"train": 200})["train"]  # the corpus item a conversation names is its attachment
