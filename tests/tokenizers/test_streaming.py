@@ -29,13 +29,16 @@ def stream(decoder: ChunkedDecoder, codes: list[int]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(("chunk", "context", "lookahead"), [(4, 0, 0), (5, 3, 2), (7, 100, 9)])
-def test_chunks_hold_exactly_their_own_samples(chunk, context, lookahead):
+@pytest.mark.parametrize("splice", [0, 1, 3])
+def test_chunks_hold_exactly_their_own_samples(chunk, context, lookahead, splice):
     codes = list(range(1, 24))
     codec = LocalCodec()
-    chunks = stream(ChunkedDecoder(codec, {"seeds": [7]}, chunk, context, lookahead), codes)
+    chunks = stream(ChunkedDecoder(codec, {"seeds": [7]}, chunk, context, lookahead, splice), codes)
     whole = torch.tensor(codes, dtype=torch.float32).repeat_interleave(3)[None] * 10 + 7
     torch.testing.assert_close(torch.cat(chunks, dim=-1), whole)  # cross-fades of equal samples change nothing
-    assert [c.shape[-1] for c in chunks[:-1]] == [3 * chunk] * (len(chunks) - 1)
+    # a splice moves each join one sample past the code boundary, off the step between two codes' samples
+    moved = 1 if min(splice, lookahead) else 0
+    assert [c.shape[-1] for c in chunks[:-1]] == [3 * chunk + moved * (i == 0) for i in range(len(chunks) - 1)]
     for window in codec.windows[:-1]:  # each window: its context, its chunk, its lookahead
         assert len(window) <= context + chunk + lookahead
 
@@ -56,6 +59,19 @@ def test_a_chunk_fades_in_from_the_last_windows_lookahead():
     assert torch.equal(second[0, 6:], torch.full((6,), 2.0))
 
 
+def test_a_join_lands_where_the_waveform_steps_least():
+    class SteepCodec:  # a steep ramp with one flat stretch of samples, the same in every window
+        def decode(self, codes):
+            start = codes[0][0].item() * 8
+            x = torch.arange(start, start + 8 * len(codes[0]), dtype=torch.float32)
+            return [torch.where((x >= 37) & (x < 39), 0.0, x * 5.0)[None]]
+
+    chunks = stream(ChunkedDecoder(SteepCodec(), chunk=4, context=2, lookahead=2, splice=1), list(range(12)))
+    assert chunks[0].shape[-1] == 38  # 32 samples of its 4 codes, then the lookahead's up to its flat step (37-38)
+    joined = torch.cat(chunks, dim=-1)[0]
+    assert joined.shape[-1] == 96 and float(joined[38] - joined[37]) == 0.0
+
+
 def test_a_chunk_waits_for_its_lookahead():
     decoder = ChunkedDecoder(LocalCodec(), {"seeds": [0]}, chunk=4, context=2, lookahead=3)
     assert [len(decoder.push(c)) for c in range(1, 8)] == [0, 0, 0, 0, 0, 0, 1]
@@ -70,7 +86,8 @@ def test_speech_chunks_join_to_the_length_of_the_whole_decode():
     codes = torch.randint(0, codec.vocab_size, (43,), generator=torch.Generator().manual_seed(0))
     whole = codec.decode([codes], seeds=[3])[0]
     chunks = stream(ChunkedDecoder(codec, {"seeds": [3]}, chunk=8, context=16, lookahead=4), codes.tolist())
-    assert [c.shape[-1] for c in chunks] == [8 * 320] * 4 + [11 * 320]  # the last 11 wait for the end
+    sizes = [c.shape[-1] for c in chunks]  # the last 11 codes wait for the end; joins move at most one code
+    assert len(sizes) == 5 and all(abs(sum(sizes[:i + 1]) - 8 * 320 * (i + 1)) < 320 for i in range(4))
     assert torch.cat(chunks, dim=-1).shape == whole.shape
 
 
@@ -96,6 +113,7 @@ def test_a_harmonic_decoder_streams_in_phase():
     whole = codec.decode([codes])[0]
     assert whole.abs().max() > 1.0  # the tone is there
     joined = torch.cat(stream(ChunkedDecoder(codec, chunk=8, context=6, lookahead=3), codes.tolist()), dim=-1)
+    assert joined.shape == whole.shape
     assert torch.allclose(joined, whole, atol=1e-3)
 
     class Unpinned:  # the same codec without the phase hook: windows restart the oscillator
