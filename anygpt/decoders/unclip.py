@@ -5,13 +5,21 @@ to ``StableUnCLIPImg2ImgPipeline`` (``stabilityai/stable-diffusion-2-1-unclip``,
 guidance 10, 20 steps, noise level 0 and the empty prompt; the output is 768x768. ``UnCLIPDecoder`` runs the same
 computation with the pipeline's components, batched, with one random generator per image: the original drew one
 fixed, unseeded latents tensor per process and decoded one image at a time.
+
+A UNet whose input has more channels than the VAE's latents (``C`` more) also reads the embedding as a spatial grid:
+reshaped to ``[C, s, s]`` (``s * s * C`` = its width) and resized to the latent grid, it is concatenated to the
+latents at every step, as Stable Diffusion's upscaler and inpainting UNets take their conditioning picture. The
+released UNet has none (its CLIP embedding is no grid); the demo world's decoder does, because its embedding is a
+pooled latent grid and a class label alone (a per-channel bias in every block) cannot say where a shape lies.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anygpt.hub import resolve
@@ -100,6 +108,7 @@ class UnCLIPDecoder(nn.Module):
         if self.unet.config.projection_class_embeddings_input_dim != 2 * self.embedding_dim:
             raise ValueError(f"the UNet takes {self.unet.config.projection_class_embeddings_input_dim}-d class "
                              f"labels, expected 2 x the {self.embedding_dim}-d image embedding")
+        grid_shape(self.unet.config.in_channels, self.vae.config.latent_channels, self.embedding_dim)
 
     @classmethod
     def tiny(cls, embedding_dim: int = 32, seed: int = 0, **kwargs) -> UnCLIPDecoder:
@@ -184,14 +193,20 @@ class UnCLIPDecoder(nn.Module):
             text = torch.cat([negative_embeds.expand(n, -1, -1), text])
             labels = torch.cat([torch.zeros_like(labels), labels])
         factor = pipe.vae_scale_factor
-        shape = (1, self.unet.config.in_channels, self.height // factor, self.width // factor)
+        shape = (1, self.vae.config.latent_channels, self.height // factor, self.width // factor)
         latents = torch.cat([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators])
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_inference_steps, device=device)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
+        grid = embedding_grid(image_embeds, self.unet.config.in_channels, self.vae.config.latent_channels,
+                              latents.shape[-2:])
+        if grid is not None and guided:
+            grid = torch.cat([torch.zeros_like(grid), grid])
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+            if grid is not None:
+                model_input = torch.cat([model_input, grid], dim=1)
             noise = self.unet(model_input, t, encoder_hidden_states=text, class_labels=labels, return_dict=False)[0]
             if guided:
                 uncond, cond = noise.chunk(2)
@@ -199,6 +214,33 @@ class UnCLIPDecoder(nn.Module):
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
         pixels = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def grid_shape(in_channels: int, latent_channels: int, embedding_dim: int) -> tuple[int, int, int] | None:
+    """``(C, s, s)``, the grid a UNet with ``in_channels`` inputs reads the embedding as (module docstring); None
+    when it takes the latents alone.
+
+    Raises:
+        ValueError: The extra channels do not split the embedding into a square grid.
+    """
+    extra = in_channels - latent_channels
+    if extra == 0:
+        return None
+    side = math.isqrt(embedding_dim // extra) if extra > 0 else 0
+    if extra < 0 or extra * side * side != embedding_dim:
+        raise ValueError(f"the UNet takes {in_channels} input channels: the VAE's {latent_channels} latent channels, "
+                         f"plus none or C channels of the {embedding_dim}-d embedding as a C x s x s grid")
+    return extra, side, side
+
+
+def embedding_grid(embeds: torch.Tensor, in_channels: int, latent_channels: int,
+                   size: tuple[int, int]) -> torch.Tensor | None:
+    """The embeddings ``[B, D]`` as the UNet's extra input channels ``[B, C, *size]`` (each latent cell takes the
+    grid cell it lies in), or None for a UNet that takes the latents alone."""
+    shape = grid_shape(in_channels, latent_channels, embeds.shape[-1])
+    if shape is None:
+        return None
+    return F.interpolate(embeds.reshape(len(embeds), *shape), size=tuple(size), mode="nearest")
 
 
 def tiny_components(embedding_dim: int = 32, seed: int = 0) -> dict:

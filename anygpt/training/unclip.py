@@ -16,7 +16,9 @@ One training step (Stable unCLIP's ``ImageEmbeddingConditionedLatentDiffusion``,
 3. x_t = add_noise(z0, eps, t), t ~ U{0..T-1} on a DDPM scheduler with the betas of the pipeline's scheduler; the
    target follows that scheduler's ``prediction_type`` (``v_prediction`` for the released model): v, eps or z0.
 4. loss = MSE(unet(x_t, t, text, class_labels=c), target), text = the frozen text encoder's output for the
-   decoder's prompt (empty by default); optionally Min-SNR weighted (``snr_gamma``).
+   decoder's prompt (empty by default); optionally Min-SNR weighted (``snr_gamma``). A UNet with the embedding's
+   grid among its inputs (``anygpt.decoders.unclip``) gets x_t with the clean embedding's grid, zeros where the
+   condition is dropped.
 
 Joint training with an image tokenizer (SEED): ``denoising_loss(images, embeddings)`` takes embeddings that carry
 gradient and returns the loss; its gradient reaches them through the noise augmentation and the UNet's class
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anygpt import AnyGPTError
-from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder
+from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder, embedding_grid
 from anygpt.messages import one_line
 from anygpt.training.image_embedders import check_images, embeddings_of
 from anygpt.training.arguments import check_keys, from_cli, warmup_schedule
@@ -225,6 +227,10 @@ class UnCLIPTrainer(LightningModule):
         if target is None:
             target = self.noise_scheduler.get_velocity(latents, noise, steps)
         condition = draw_condition(dec.pipe, embeddings, self.max_noise_level, self.cond_dropout, generator)
+        grid = embedding_grid(embeddings, dec.unet.config.in_channels, dec.vae.config.latent_channels,
+                              latents.shape[-2:])
+        if grid is not None:  # the clean embedding's grid (zeros where the condition is dropped)
+            noisy = torch.cat([noisy, grid.to(noisy) * ~condition.dropped[:, None, None, None]], dim=1)
         predicted = dec.unet(noisy, steps, encoder_hidden_states=text.expand(n, -1, -1),
                              class_labels=condition.labels, return_dict=False)[0]
         per_image = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

@@ -12,6 +12,7 @@ from anygpt.training.arguments import check_keys
 from anygpt.training.unclip_vae import load_vae
 
 # UNet settings that follow from the other components: latent channels, text width, embedding width
+# (in_channels may also add the channels of the embedding's grid: anygpt.decoders.unclip.grid_shape)
 FORCED_UNET_KEYS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
                     "projection_class_embeddings_input_dim")
 
@@ -30,9 +31,16 @@ def fresh_unet(spec: dict, vae, text_width: int, embedding_dim: int, sample_size
     """
     from diffusers import UNet2DConditionModel
 
+    from anygpt.decoders.unclip import grid_shape
+
     spec = check_keys("unet", spec, UNet2DConditionModel.__init__)
     channels = vae.config.latent_channels
-    forced = dict(in_channels=channels, out_channels=channels, cross_attention_dim=text_width,
+    inputs = spec.get("in_channels", channels)
+    try:
+        grid_shape(inputs, channels, embedding_dim)
+    except ValueError as err:
+        raise AnyGPTError(f"model.init_args.unet.in_channels: {err}") from None
+    forced = dict(in_channels=inputs, out_channels=channels, cross_attention_dim=text_width,
                   class_embed_type="projection", projection_class_embeddings_input_dim=2 * embedding_dim)
     for key, value in forced.items():
         if key in spec and spec[key] != value:
@@ -84,7 +92,7 @@ def assemble(source: str | None, vae: str | None = None, unet: dict | None = Non
     if config.projection_class_embeddings_input_dim != 2 * dim:
         raise AnyGPTError(f"the UNet takes {config.projection_class_embeddings_input_dim}-d class labels, not 2 x "
                           f"{dim}: give model.init_args.unet (a fresh UNet) for another embedding_dim")
-    if config.in_channels != components["vae"].config.latent_channels:
-        raise AnyGPTError(f"the VAE gives {components['vae'].config.latent_channels} latent channels, the UNet takes "
-                          f"{config.in_channels}: give model.init_args.unet (a fresh UNet) to go with this VAE")
+    if config.out_channels != components["vae"].config.latent_channels:
+        raise AnyGPTError(f"the VAE gives {components['vae'].config.latent_channels} latent channels, the UNet makes "
+                          f"{config.out_channels}: give model.init_args.unet (a fresh UNet) to go with this VAE")
     return components

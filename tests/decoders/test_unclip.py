@@ -188,6 +188,32 @@ def test_moves_with_its_parent_and_casts_when_decoding(decoder, embeds):
     half.load_state_dict(half.state_dict())
 
 
+def test_a_grid_unet_sees_the_embedding_beside_the_latents_in_both_guidance_branches(embeds):
+    from diffusers import UNet2DConditionModel
+
+    from anygpt.decoders.unclip import tiny_components
+
+    components = tiny_components()
+    config = {**components["unet"].config, "in_channels": 6}  # 4 latent channels + 32 = 2 x 4 x 4
+    components["unet"] = UNet2DConditionModel.from_config(config).eval()
+    decoder = UnCLIPDecoder(source=None, components=components, num_inference_steps=2, guidance_scale=3.0)
+    seen = []
+    decoder.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    assert len(decoder.decode(embeds[:2], seeds=[0, 1])) == 2
+    assert seen and all(step.shape == (4, 6, 16, 16) for step in seen)  # unconditional rows, then conditional
+    assert all(torch.equal(step[:, 4:], seen[0][:, 4:]) for step in seen) and not seen[0][:2, 4:].any()
+    grid = seen[0][2:, 4:].numpy()
+    for b in range(2):
+        for c in range(2):
+            for y in range(16):
+                for x in range(16):
+                    assert grid[b, c, y, x] == pytest.approx(float(embeds[b, c * 16 + (y // 4) * 4 + x // 4]))
+    components["unet"] = UNet2DConditionModel.from_config({**config, "in_channels": 7}).eval()
+    with pytest.raises(ValueError, match="7 input channels") as err:
+        UnCLIPDecoder(source=None, components=components)
+    assert "\n" not in str(err.value)
+
+
 def test_tiny_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     a, b, c = UnCLIPDecoder.tiny(seed=0), UnCLIPDecoder.tiny(seed=0), UnCLIPDecoder.tiny(seed=1)

@@ -199,6 +199,29 @@ def test_embeddings_get_gradient_through_the_denoising_loss(tiny, data):
     tiny.cond_dropout = 0.1
 
 
+def test_a_grid_unet_reads_the_clean_embedding_unless_the_condition_is_dropped(data):
+    unet = {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+            "attention_head_dim": [2, 4], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "in_channels": 6}  # 4 latent channels + the 32-d embedding as 2 x 4 x 4
+    trainer = UnCLIPTrainer(source="tiny", unet=unet, max_noise_level=1000)
+    assert trainer.decoder.unet.conv_in.in_channels == 6
+    seen = []
+    trainer.decoder.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    embeddings = torch.randn(2, 32, generator=torch.Generator().manual_seed(5))
+    for dropout in (0.0, 1.0):
+        trainer.cond_dropout = dropout
+        trainer.zero_grad()
+        trainer.denoising_loss(data["images"][:2], embeddings, torch.Generator().manual_seed(0)).backward()
+        grid = seen[-1][:, 4:]
+        for b, y, x in [(0, 0, 0), (1, 7, 3), (1, 15, 15)]:  # 16 x 16 latents: each 4 x 4 block one grid cell
+            for c in range(2):
+                expected = 0.0 if dropout else float(embeddings[b, c * 16 + (y // 4) * 4 + x // 4])
+                assert float(grid[b, c, y, x]) == pytest.approx(expected)
+        weight_grad = trainer.decoder.unet.conv_in.weight.grad[:, 4:]
+        assert bool(weight_grad.abs().sum() > 0) == (dropout == 0.0)  # zero inputs: no gradient on their weights
+
+
 def test_embeddings_from_the_manifest(tiny, data):
     batch = {"image": data["images"][:3], "items": data["records"][:3]}
     assert torch.equal(tiny.embed(batch), torch.tensor([r["embedding"] for r in data["records"][:3]]))
@@ -212,7 +235,8 @@ def test_embeddings_from_the_manifest(tiny, data):
 @pytest.mark.parametrize("twin, init_args, words", [
     ("unclip_tiny.yaml", {"unet": {"block_out_channels": [16, 32], "bogus_width": 3}}, ["unet", "bogus_width"]),
     ("unclip_tiny.yaml", {"decoder": {"num_inference_stepz": 3}}, ["decoder", "num_inference_stepz"]),
-    ("unclip_tiny.yaml", {"unet": {"in_channels": 3}}, ["unet.in_channels", "must be 4"]),
+    ("unclip_tiny.yaml", {"unet": {"in_channels": 3}}, ["unet.in_channels", "4 latent channels"]),
+    ("unclip_tiny.yaml", {"unet": {"in_channels": 7}}, ["unet.in_channels", "C x s x s grid"]),  # 32 / 3
     ("unclip_vae_tiny.yaml", {"vae": {"latent_chanels": 4}}, ["vae", "latent_chanels"]),
 ])
 def test_a_bad_config_key_is_one_clear_line(tmp_path, data, monkeypatch, capsys, twin, init_args, words):
