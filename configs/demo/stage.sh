@@ -33,13 +33,26 @@
 #                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
+# Part 2 from nothing on one GPU machine in two commands of under 10 minutes each, run back to back (the second
+# needs the first one's runs/ and data/; with OUT, the first also leaves part2_codecs.tgz there, which restores
+# them on a new machine: tar -xzf it in the repository root):
+#   part2_codecs  every corpus; the music codec beside the image VAE and then the image codec (its stage time split
+#                 by DEMO_VAE_MINUTES, default 2, and DEMO_IMAGE_MINUTES, default 5), beside the speech
+#                 tokenization; then the image and music token shards. DEMO_MUSIC_MINUTES (default 7.5) bounds the
+#                 music codec
+#   part2_lm      stage lm beside stage image_decoder (DEMO_MINUTES each, default 6.5), then ships the music
+#                 codec, the image codec with the trained-on decoder and the LM into OUT/weights (or
+#                 runs/demo/weights), with python -m anygpt.demo.ship
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
 # With OUT, the stage's last.ckpt is also copied there in 15 MiB parts (<name>.ckpt.part-aa, -ab, ...: join them with
 # cat), with its metrics and the corpus summary; tokenize writes shards.tar (unpack it in the repository root).
 # DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 60000) sets
-# its training utterances (a smaller corpus is a prefix of the larger one's training split).
+# its training utterances (a smaller corpus is a prefix of the larger one's training split); DEMO_CHAT (default
+# 12000) the training conversations. DEMO_FIT_ARGS adds arguments to every fit: a quick rehearsal of a chain on the
+# CPU, e.g. DEMO_TRAIN=300 DEMO_CHAT=300 DEMO_FIT_ARGS="--trainer.max_steps 2 --trainer.val_check_interval 2
+# --trainer.limit_val_batches 1 --trainer.precision 32" bash configs/demo/stage.sh part2_codecs.
 set -euo pipefail
 stage=${1:?usage: stage.sh STAGE [OUT]}
 out=${2:-}
@@ -75,7 +88,8 @@ total = int(done + 60 * float(sys.argv[2]))
 print(f"{total // 86400:02d}:{total % 86400 // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}")
 PY
 )
-  python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}" "${@:3}"
+  # shellcheck disable=SC2086  # DEMO_FIT_ARGS: extra fit arguments for every stage, split on spaces
+  python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}" "${@:3}" ${DEMO_FIT_ARGS:-}
 }
 
 tokenize() {  # tokenize MODALITY CORPUS SHARDS: data/demo/CORPUS/{train,val}.jsonl -> data/demo/SHARDS/{train,val}
@@ -115,7 +129,7 @@ case "$stage" in
     for split in train val; do
       [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
         "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
-      count=12000; [ "$split" = val ] && count=200
+      count=${DEMO_CHAT:-12000}; [ "$split" = val ] && count=200
       [ -f "data/demo/chat/$split.jsonl" ] || python -m anygpt.demo.chat_records "data/demo/chat/$split.jsonl" \
         --split "$split" --count "$count" --images "data/demo/shards_image/$split" \
         --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)" \
@@ -132,5 +146,27 @@ case "$stage" in
   tokenize_music)
     melodies; tokenize music music shards_music
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
+  part2_codecs)
+    corpus; melodies; scenes; mkdir -p runs/demo
+    minutes=${DEMO_MUSIC_MINUTES:-7.5} fit configs/demo/music_codec.yaml music_codec > runs/demo/music_codec.log 2>&1 &
+    music=$!
+    tokenize speech speech shards > runs/demo/tokenize_speech.log 2>&1 &
+    speech=$!
+    minutes=${DEMO_VAE_MINUTES:-2} fit configs/demo/image_vae.yaml image_vae
+    minutes=${DEMO_IMAGE_MINUTES:-5} fit configs/demo/image_codec.yaml image_codec
+    tokenize image images shards_image
+    wait "$speech" || { tail -5 runs/demo/tokenize_speech.log >&2; exit 1; }
+    wait "$music" || { tail -5 runs/demo/music_codec.log >&2; exit 1; }
+    tokenize music music shards_music
+    [ -z "$out" ] || tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
+      runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
+      data/demo/shards_music ;;
+  part2_lm)
+    DEMO_MINUTES=${DEMO_MINUTES:-6.5} bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
+    decoder=$!
+    DEMO_MINUTES=${DEMO_MINUTES:-6.5} bash "$0" lm
+    wait "$decoder" || { tail -5 runs/demo/image_decoder.log >&2; exit 1; }
+    python -m anygpt.demo.ship runs/demo "${out:-runs/demo}/weights" --clips 0 \
+      --parts music_codec image_codec image_decoder lm ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
