@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from anygpt import AnyGPTError
 from anygpt.tokenizers.harmonic import HarmonicDecoder
@@ -51,6 +51,8 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         dead_code_threshold: Codes whose EMA usage falls below it restart from batch vectors.
         adversarial: Train an MS-STFT discriminator (one discriminator then one generator update per step).
         optimizer: Optimizer factory of the codec (and of the discriminator); None: Adam(3e-4, betas 0.5, 0.9).
+        lr_scheduler: Scheduler factory of the codec's optimizer, stepped every step (not with ``adversarial``);
+            None keeps the rate constant.
         low_band: ``LowBandSpectrumLoss`` arguments other than the sample rate (``n_fft``, ``hop_length``,
             ``f_max``).
     """
@@ -58,9 +60,13 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
     def __init__(self, codec: dict[str, Any], weights: dict[str, float] | None = None,
                  mel_weights: list[float] = [1.0, 1.0, 1.0, 1.0, 1.0], kmeans_init: bool | None = None,
                  codebook_decay: float = 0.99, dead_code_threshold: float = 2.0, adversarial: bool = False,
-                 optimizer: OptimizerCallable | None = None, low_band: dict[str, Any] | None = None):
+                 optimizer: OptimizerCallable | None = None, low_band: dict[str, Any] | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if lr_scheduler is not None and adversarial:
+            raise AnyGPTError("model.init_args.lr_scheduler: not with adversarial training (two optimizers stepped "
+                              "by hand); leave one out")
         unknown = set(weights or {}) - set(WEIGHTS)
         if unknown:
             raise AnyGPTError(f"weights: unknown loss {sorted(unknown)[0]!r} (known: {', '.join(WEIGHTS)})")
@@ -81,7 +87,7 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         self.low_band = LowBandSpectrumLoss(self.codec.sample_rate, **low_band) if self.weights["low_band"] else None
         self.discriminator = MultiScaleSTFTDiscriminator() if adversarial else None
         self.automatic_optimization = not adversarial
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.usage = CodebookUsage(self.levels, self.codec.codebook_size)
         self.train()  # Lightning keeps each submodule's mode: the frozen codec's Encodec must train (cuDNN's LSTM)
 
@@ -169,7 +175,10 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
 
         generator = build([p for p in self.codec.model.parameters() if p.requires_grad])
         if self.discriminator is None:
-            return generator
+            if self.scheduler_factory is None:
+                return generator
+            return {"optimizer": generator,
+                    "lr_scheduler": {"scheduler": self.scheduler_factory(generator), "interval": "step"}}
         return [build(self.discriminator.parameters()), generator]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

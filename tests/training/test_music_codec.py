@@ -106,6 +106,23 @@ def test_the_wrapped_network_trains_while_its_trainer_does(trainer_path):
     assert lstm.training
 
 
+def test_a_scheduler_steps_the_codec_rate_every_step(tmp_path, monkeypatch):
+    from anygpt.cli import AnyModelCLI
+    from anygpt.training.music_codec import EncodecTrainer
+
+    monkeypatch.chdir(ROOT)
+    schedule = '{"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2, "gamma": 0.5}}'
+    adam = '{"class_path": "torch.optim.Adam", "init_args": {"lr": 0.008}}'
+    cli = AnyModelCLI(args=["fit", "--config", CONFIG, "--trainer.max_steps", "6", "--trainer.logger", "false",
+                            "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+                            "--model.init_args.optimizer", adam,
+                            "--model.init_args.lr_scheduler", schedule])
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.008 * 0.5 ** 3)  # 6 steps, halved per 2
+    with pytest.raises(AnyGPTError, match="not with adversarial"):
+        EncodecTrainer(codec={"source": None, "config": {"num_filters": 4, "hidden_size": 16, "codebook_dim": 16}},
+                       adversarial=True, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
+
+
 def test_unknown_loss_weight_is_one_line():
     from anygpt.training.music_codec import EncodecTrainer
 
