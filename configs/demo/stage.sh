@@ -33,14 +33,14 @@
 #                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
-# Part 2 from nothing on one GPU machine in two commands of under 10 minutes each, run back to back (the second
-# needs the first one's runs/ and data/; with OUT, the first also leaves part2_codecs.tgz there, which restores
-# them on a new machine: tar -xzf it in the repository root):
+# Part 2 from nothing on one GPU machine (about 25 minutes): `part2`, which is part2_codecs then part2_lm, or the
+# two one after the other (the second needs the first one's runs/ and data/; with OUT, the first also leaves
+# part2_codecs.tgz there, which restores them on a new machine: tar -xzf it in the repository root):
 #   part2_codecs  every corpus; the music codec beside the image VAE and then the image codec (its stage time split
 #                 by DEMO_VAE_MINUTES, default 2, and DEMO_IMAGE_MINUTES, default 5), beside the speech
 #                 tokenization; then the image and music token shards. DEMO_MUSIC_MINUTES (default 7.5) bounds the
 #                 music codec
-#   part2_lm      stage lm beside stage image_decoder (DEMO_MINUTES each, default 6.5), then ships the music
+#   part2_lm      stage lm beside stage image_decoder (DEMO_MINUTES each, default 9), then ships the music
 #                 codec, the image codec with the trained-on decoder and the LM into OUT/weights (or
 #                 runs/demo/weights), with python -m anygpt.demo.ship
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -147,7 +147,7 @@ case "$stage" in
     melodies; tokenize music music shards_music
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
   part2_codecs)
-    corpus; melodies; scenes; mkdir -p runs/demo
+    corpus & speaking=$!; melodies & playing=$!; scenes; wait "$speaking"; wait "$playing"; mkdir -p runs/demo
     minutes=${DEMO_MUSIC_MINUTES:-7.5} fit configs/demo/music_codec.yaml music_codec > runs/demo/music_codec.log 2>&1 &
     music=$!
     tokenize speech speech shards > runs/demo/tokenize_speech.log 2>&1 &
@@ -162,11 +162,12 @@ case "$stage" in
       runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
       data/demo/shards_music ;;
   part2_lm)
-    DEMO_MINUTES=${DEMO_MINUTES:-6.5} bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
+    DEMO_MINUTES=${DEMO_MINUTES:-9} bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
     decoder=$!
-    DEMO_MINUTES=${DEMO_MINUTES:-6.5} bash "$0" lm
+    DEMO_MINUTES=${DEMO_MINUTES:-9} bash "$0" lm
     wait "$decoder" || { tail -5 runs/demo/image_decoder.log >&2; exit 1; }
     python -m anygpt.demo.ship runs/demo "${out:-runs/demo}/weights" --clips 0 \
       --parts music_codec image_codec image_decoder lm ;;
+  part2) bash "$0" part2_codecs "$out" && bash "$0" part2_lm "$out" ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
