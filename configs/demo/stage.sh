@@ -36,10 +36,9 @@
 # Part 2 from nothing on one GPU machine (about 25 minutes): `part2`, which is part2_codecs then part2_lm, or the
 # two one after the other (the second needs the first one's runs/ and data/; with OUT, the first also leaves
 # part2_codecs.tgz there, which restores them on a new machine: tar -xzf it in the repository root):
-#   part2_codecs  every corpus; the music codec beside the image VAE and then the image codec (its stage time split
-#                 by DEMO_VAE_MINUTES, default 2, and DEMO_IMAGE_MINUTES, default 5), beside the speech
-#                 tokenization; then the image and music token shards. DEMO_MUSIC_MINUTES (default 7.5) bounds the
-#                 music codec
+#   part2_codecs  three branches side by side: the speech corpus and its tokenization; the melody corpus, the music
+#                 codec (DEMO_MUSIC_MINUTES, default 7.5) and its shards; the scene corpus, the image VAE
+#                 (DEMO_VAE_MINUTES, default 2), the image codec (DEMO_IMAGE_MINUTES, default 5) and its shards
 #   part2_lm      stage lm beside stage image_decoder (DEMO_MINUTES each, default 9), then ships the music
 #                 codec, the image codec with the trained-on decoder and the LM into OUT/weights (or
 #                 runs/demo/weights), with python -m anygpt.demo.ship
@@ -146,18 +145,19 @@ case "$stage" in
   tokenize_music)
     melodies; tokenize music music shards_music
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
-  part2_codecs)
-    corpus & speaking=$!; melodies & playing=$!; scenes; wait "$speaking"; wait "$playing"; mkdir -p runs/demo
-    minutes=${DEMO_MUSIC_MINUTES:-7.5} fit configs/demo/music_codec.yaml music_codec > runs/demo/music_codec.log 2>&1 &
-    music=$!
-    tokenize speech speech shards > runs/demo/tokenize_speech.log 2>&1 &
+  part2_codecs)  # three branches side by side, each starting as soon as its corpus is there
+    mkdir -p runs/demo
+    (corpus && tokenize speech speech shards) > runs/demo/speech.log 2>&1 &
     speech=$!
+    (melodies && minutes=${DEMO_MUSIC_MINUTES:-7.5} fit configs/demo/music_codec.yaml music_codec &&
+      tokenize music music shards_music) > runs/demo/music.log 2>&1 &
+    music=$!
+    scenes
     minutes=${DEMO_VAE_MINUTES:-2} fit configs/demo/image_vae.yaml image_vae
     minutes=${DEMO_IMAGE_MINUTES:-5} fit configs/demo/image_codec.yaml image_codec
     tokenize image images shards_image
-    wait "$speech" || { tail -5 runs/demo/tokenize_speech.log >&2; exit 1; }
-    wait "$music" || { tail -5 runs/demo/music_codec.log >&2; exit 1; }
-    tokenize music music shards_music
+    wait "$speech" || { tail -5 runs/demo/speech.log >&2; exit 1; }
+    wait "$music" || { tail -5 runs/demo/music.log >&2; exit 1; }
     [ -z "$out" ] || tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
       runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
       data/demo/shards_music ;;
