@@ -158,6 +158,7 @@ case "$stage" in
     tokenize image images shards_image
     wait "$speech" || { tail -5 runs/demo/speech.log >&2; exit 1; }
     wait "$music" || { tail -5 runs/demo/music.log >&2; exit 1; }
+    [ -z "$out" ] || mkdir -p "$out"
     [ -z "$out" ] || tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
       runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
       data/demo/shards_music ;;
