@@ -199,8 +199,7 @@ class UnCLIPDecoder(nn.Module):
         scheduler.set_timesteps(self.num_inference_steps, device=device)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
-        grid = embedding_grid(image_embeds, self.unet.config.in_channels, self.vae.config.latent_channels,
-                              latents.shape[-2:])
+        grid = self.embedding_grid(image_embeds, latents.shape[-2:])
         if grid is not None and guided:
             grid = torch.cat([torch.zeros_like(grid), grid])
         for t in scheduler.timesteps:
@@ -214,6 +213,14 @@ class UnCLIPDecoder(nn.Module):
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
         pixels = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+    def embedding_grid(self, embeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+        """The embeddings ``[B, D]`` as the UNet's extra input channels ``[B, C, *size]`` (each latent cell takes
+        the grid cell it lies in), or None for a UNet that takes the latents alone (module docstring)."""
+        shape = grid_shape(self.unet.config.in_channels, self.vae.config.latent_channels, embeds.shape[-1])
+        if shape is None:
+            return None
+        return F.interpolate(embeds.reshape(len(embeds), *shape), size=tuple(size), mode="nearest")
 
 
 def grid_shape(in_channels: int, latent_channels: int, embedding_dim: int) -> tuple[int, int, int] | None:
@@ -231,16 +238,6 @@ def grid_shape(in_channels: int, latent_channels: int, embedding_dim: int) -> tu
         raise ValueError(f"the UNet takes {in_channels} input channels: the VAE's {latent_channels} latent channels, "
                          f"plus none or C channels of the {embedding_dim}-d embedding as a C x s x s grid")
     return extra, side, side
-
-
-def embedding_grid(embeds: torch.Tensor, in_channels: int, latent_channels: int,
-                   size: tuple[int, int]) -> torch.Tensor | None:
-    """The embeddings ``[B, D]`` as the UNet's extra input channels ``[B, C, *size]`` (each latent cell takes the
-    grid cell it lies in), or None for a UNet that takes the latents alone."""
-    shape = grid_shape(in_channels, latent_channels, embeds.shape[-1])
-    if shape is None:
-        return None
-    return F.interpolate(embeds.reshape(len(embeds), *shape), size=tuple(size), mode="nearest")
 
 
 def tiny_components(embedding_dim: int = 32, seed: int = 0) -> dict:

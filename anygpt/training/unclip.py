@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anygpt import AnyGPTError
-from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder, embedding_grid
+from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder
 from anygpt.messages import one_line
 from anygpt.training.image_embedders import check_images, embeddings_of
 from anygpt.training.arguments import check_keys, from_cli, warmup_schedule
@@ -227,8 +227,7 @@ class UnCLIPTrainer(LightningModule):
         if target is None:
             target = self.noise_scheduler.get_velocity(latents, noise, steps)
         condition = draw_condition(dec.pipe, embeddings, self.max_noise_level, self.cond_dropout, generator)
-        grid = embedding_grid(embeddings, dec.unet.config.in_channels, dec.vae.config.latent_channels,
-                              latents.shape[-2:])
+        grid = dec.embedding_grid(embeddings, latents.shape[-2:])
         if grid is not None:  # the clean embedding's grid (zeros where the condition is dropped)
             noisy = torch.cat([noisy, grid.to(noisy) * ~condition.dropped[:, None, None, None]], dim=1)
         predicted = dec.unet(noisy, steps, encoder_hidden_states=text.expand(n, -1, -1),

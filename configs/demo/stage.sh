@@ -158,14 +158,17 @@ case "$stage" in
     tokenize image images shards_image
     wait "$speech" || { tail -5 runs/demo/speech.log >&2; exit 1; }
     wait "$music" || { tail -5 runs/demo/music.log >&2; exit 1; }
-    [ -z "$out" ] || mkdir -p "$out"
-    [ -z "$out" ] || tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
-      runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
-      data/demo/shards_music ;;
+    if [ -n "$out" ]; then
+      mkdir -p "$out"
+      tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
+        runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
+        data/demo/shards_music
+    fi ;;
   part2_lm)
-    DEMO_MINUTES=${DEMO_MINUTES:-9} bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
+    export DEMO_MINUTES=${DEMO_MINUTES:-9}
+    bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
     decoder=$!
-    DEMO_MINUTES=${DEMO_MINUTES:-9} bash "$0" lm
+    bash "$0" lm
     wait "$decoder" || { tail -5 runs/demo/image_decoder.log >&2; exit 1; }
     python -m anygpt.demo.ship runs/demo "${out:-runs/demo}/weights" --clips 0 \
       --parts music_codec image_codec image_decoder lm ;;
