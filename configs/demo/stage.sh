@@ -160,9 +160,9 @@ case "$stage" in
     wait "$music" || { tail -5 runs/demo/music.log >&2; exit 1; }
     if [ -n "$out" ]; then
       mkdir -p "$out"
+      shopt -s nullglob; metrics=(runs/demo/*_logs/version_0/metrics.csv); shopt -u nullglob  # those that logged
       tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
-        runs/demo/image_vae/diffusers runs/demo/*_logs/version_0/metrics.csv data/demo/shards data/demo/shards_image \
-        data/demo/shards_music
+        runs/demo/image_vae/diffusers "${metrics[@]}" data/demo/shards data/demo/shards_image data/demo/shards_music
     fi ;;
   part2_lm)
     export DEMO_MINUTES=${DEMO_MINUTES:-9}
