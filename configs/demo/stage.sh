@@ -21,6 +21,8 @@
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
 #                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); it exports
 #                 runs/demo/image_codec/export
+#   image_codec_more  part 2: stage image_codec trained on from its export (configs/demo/image_codec_more.yaml),
+#                 which it replaces: the codes change, so tokenize_image (and the chat records) must follow
 #   image_decoder part 2: the image codec's code decoder and UNet trained on with its codes frozen
 #                 (configs/demo/image_decoder.yaml, from runs/demo/image_codec/export): the image tokens, and an LM
 #                 trained on them, stay valid; it exports runs/demo/image_decoder/export
@@ -138,6 +140,7 @@ case "$stage" in
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
+  image_codec_more) scenes; fit configs/demo/image_codec_more.yaml image_codec_more; pack image_codec_more ;;
   image_decoder) scenes; fit configs/demo/image_decoder.yaml image_decoder; pack image_decoder ;;
   tokenize_image)
     scenes; tokenize image images shards_image
