@@ -91,6 +91,19 @@ def _read_folder(root: Path, require_text: bool = True) -> tuple[list[dict], lis
     return items, problems
 
 
+def parse_part(part: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)``, checked; None stays None."""
+    if part is None:
+        return None
+    try:
+        index, count = (int(x) for x in str(part).split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise AnyGPTError(f"data.part must be 'i/n' with 0 <= i < n, got {part!r}")
+    return index, count
+
+
 def _as_is(batch):
     return batch
 
@@ -105,6 +118,9 @@ class CorpusDataModule(LightningDataModule):
 
     With several devices, shard ``k`` goes whole to rank ``k % world_size``: the data module splits the work
     itself, so the trainer must run with ``use_distributed_sampler: false`` (the default of ``anygpt tokenize``).
+    ``part`` splits it the same way between separate ``anygpt tokenize`` runs on one manifest and output folder
+    (say 8 runs sharing a GPU, for codecs that encode one item at a time): part ``i/n`` takes the shards
+    ``k % n == i`` and then splits those between its own ranks.
 
     Args:
         manifest: A JSONL file of ``{"path", "text"}`` records (paths relative to its folder), or a folder of
@@ -113,18 +129,21 @@ class CorpusDataModule(LightningDataModule):
         shard_size: Items per shard.
         batch_size: Items encoded together (a batch at the end of a shard may be smaller).
         num_workers: DataLoader workers (they only hand out item records; media is read in ``predict_step``).
+        part: ``"i/n"``: this run tokenizes only the shards ``k`` with ``k % n == i`` (0 <= i < n); None: all.
     """
 
     def __init__(self, manifest: str, output_dir: str, shard_size: int = 1000, batch_size: int = 8,
-                 num_workers: int = 0):
+                 num_workers: int = 0, part: str | None = None):
         super().__init__()
         if shard_size < 1 or batch_size < 1 or num_workers < 0:
             raise AnyGPTError(f"need shard_size >= 1, batch_size >= 1 and num_workers >= 0, got {shard_size}, "
                               f"{batch_size}, {num_workers}")
+        self.part = parse_part(part)
         self.manifest, self.output_dir = manifest, Path(output_dir)
         self.shard_size, self.batch_size, self.num_workers = shard_size, batch_size, num_workers
         self.problems: list[str] = []
         self.shards: list[list[dict]] = []
+        self.own: list[int] = []  # the shards of this part (all without one)
         self.pending: list[int] = []
 
     def setup(self, stage: str) -> None:
@@ -135,13 +154,23 @@ class CorpusDataModule(LightningDataModule):
             log.warning("skipped %d more manifest entries (all listed in %s)", len(self.problems) - 20, REPORT)
         size = self.shard_size
         self.shards = [items[i: i + size] for i in range(0, len(items), size)]
-        self.pending = [k for k in range(len(self.shards)) if not shard_finished(self.output_dir / shard_name(k))]
+        index, count = self.part or (0, 1)
+        self.own = [k for k in range(len(self.shards)) if k % count == index]
+        self.pending = [k for k in self.own if not shard_finished(self.output_dir / shard_name(k))]
+
+    @property
+    def report_name(self) -> str:
+        """The report's file name without the rank: ``tokenize_report.json``, or ``tokenize_report-part{i}of{n}``
+        with ``part``."""
+        return REPORT if self.part is None else f"tokenize_report-part{self.part[0]}of{self.part[1]}.json"
 
     def batches(self, rank: int = 0, world_size: int = 1) -> list[list[dict]]:
-        """The batches of one rank: its pending shards (``k % world_size == rank``), cut into ``batch_size``."""
+        """The batches of one rank: its pending shards (``k % world_size == rank``; with ``part`` ``i/n``:
+        ``k // n % world_size == rank``), cut into ``batch_size``."""
+        count = self.part[1] if self.part else 1
         out = []
         for k in self.pending:
-            if k % world_size != rank:
+            if k // count % world_size != rank:
                 continue
             shard = self.shards[k]
             for start in range(0, len(shard), self.batch_size):
@@ -289,12 +318,14 @@ class ShardWriterCallback(BasePredictionWriter):
         elapsed = time.monotonic() - self.started
         done = self.counts["items_ok"] + self.counts["items_failed"]
         pending = getattr(datamodule, "pending", [])
-        total = len(getattr(datamodule, "shards", []))
+        total = len(getattr(datamodule, "own", getattr(datamodule, "shards", [])))
         report = {**self.counts, "lines_skipped": len(skipped), "shards_total": total,
                   "shards_already_done": total - len(pending), "shards_unfinished": unfinished,
                   "seconds": round(elapsed, 3), "items_per_second": round(done / max(elapsed, 1e-9), 2),
                   "format": self.format, "skipped": skipped, "failed": self.failures}
-        name = REPORT if trainer.world_size == 1 else f"tokenize_report-rank{trainer.global_rank}.json"
+        name = getattr(datamodule, "report_name", REPORT)
+        if trainer.world_size > 1:
+            name = name.replace(".json", f"-rank{trainer.global_rank}.json")
         path = self.output_dir / name
         partial = path.with_name(path.name + ".partial")
         partial.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -159,21 +159,47 @@ def _training(ckpt: Path) -> str:
     return f"{checkpoint['global_step']} steps, {seconds / 60:.1f} min of training"
 
 
-def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
-               figures: Path = Path("benchmarks/results/demo_speech.json"), notes: list[str] = ()) -> Path:
-    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained, the commit, the figures and
-    free-text ``notes`` (how a run departed from the documented stages, say)."""
+PROVENANCE = "parts.json"
+
+
+def _commit() -> str:
     import subprocess
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = ["# anygpt demo world, part 1: speech", "",
-             "A small speaking AnyGPT trained by this project from nothing on its own espeak-ng corpus "
-             "(`anygpt.demo`). Runs offline on the CPU: `anygpt predict --config configs/demo.yaml`.", "",
-             f"Shipped from commit `{commit or 'unknown'}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def record_part(out: Path, name: str, ckpt: Path) -> None:
+    """Note in ``out/parts.json`` how the shipped part ``name`` was trained (steps, minutes, commit), so that the
+    model card of a later session, whose runs are gone, still says it."""
+    path = out / PROVENANCE
+    parts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    parts[name] = {"training": _training(ckpt), "commit": _commit()}
+    path.write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
+               figures: Path = Path("benchmarks/results/demo_speech.json"), notes: list[str] = ()) -> Path:
+    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained (its run, else what
+    ``parts.json`` recorded when it shipped), the commit, the figures and free-text ``notes`` (how a run departed
+    from the documented stages, say)."""
+    path = out / PROVENANCE
+    shipped = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    lines = ["# anygpt demo world", "",
+             "A small AnyGPT trained by this project from nothing on its own worlds of espeak-ng speech, drawn scenes "
+             "and synthesized melodies (`anygpt.demo`). Runs offline on the CPU: "
+             "`anygpt predict --config configs/demo.yaml`.", "",
+             f"Shipped from commit `{_commit()}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
     for name in PARTS:
         config = f"configs/demo/{name}.yaml"
         ckpt = run_checkpoint(runs, name)
-        lines.append(f"- `{name}` ({config}): " + (_training(ckpt) if ckpt.is_file() else "not trained"))
+        if ckpt.is_file():
+            how = _training(ckpt)
+        elif name in shipped:
+            how = f"{shipped[name]['training']} (shipped at commit {shipped[name]['commit']})"
+        else:
+            how = "not trained"
+        lines.append(f"- `{name}` ({config}): {how}")
     lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, speech_codec_refine, speech_decoder, "
               "soundstorm, tokenize, lm (repeat a training stage to train it further), then "
               "`python -m anygpt.demo.ship`; see README, Demo world.", ""]
@@ -191,9 +217,9 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         lines += ["## Held-out figures (`python benchmarks/demo_speech.py`)", "", "```",
                   json.dumps({k: result[k] for k in ("count", "asr", "tts", "zero_shot", "codec") if k in result},
                              indent=1), "```", ""]
-    path = out / "MODEL_CARD.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    card = out / "MODEL_CARD.md"
+    card.write_text("\n".join(lines), encoding="utf-8")
+    return card
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = run_checkpoint(runs, name)
         if ckpt.is_file():
             print(f"{name}: {ship(ckpt, out)}")
+            record_part(out, name, ckpt)
         else:
             print(f"{name}: skipped, no {ckpt}")
     if args.clips:

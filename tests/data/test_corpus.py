@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, Trainer
 
 from anygpt import AnyGPTError
 from anygpt.cli import main
-from anygpt.data.corpus import CorpusDataModule, CorpusTokenizer, ShardWriterCallback, read_manifest
+from anygpt.data.corpus import REPORT, CorpusDataModule, CorpusTokenizer, ShardWriterCallback, read_manifest
 from anygpt.data.shards import BinaryShard, read_shard
 from anygpt.tokenizers.music import EncodecMusicCodec
 
@@ -27,14 +27,14 @@ def codec():
     return EncodecMusicCodec.tiny(segment_seconds=1.0)
 
 
-def tokenize(codec, output_dir, format="bin", manifest=MANIFEST, callbacks=(), **data):
+def tokenize(codec, output_dir, format="bin", manifest=MANIFEST, callbacks=(), report=REPORT, **data):
     data = {"shard_size": 2, "batch_size": 2, **data}
     writer = ShardWriterCallback(format=format)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, use_distributed_sampler=False, callbacks=[writer, *callbacks])
     trainer.predict(CorpusTokenizer(codec), datamodule=CorpusDataModule(str(manifest), str(output_dir), **data),
                     return_predictions=False)
-    return json.loads((Path(output_dir) / "tokenize_report.json").read_text())
+    return json.loads((Path(output_dir) / report).read_text())
 
 
 def shard_rows(folder: Path) -> dict[str, list]:
@@ -102,6 +102,26 @@ def test_resume_skips_finished_shards_and_matches_a_clean_run(codec, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in resumed.glob("shard-0000[02].*")} == kept  # not recomputed
     for path in clean.glob("shard-*"):
         assert (resumed / path.name).read_bytes() == path.read_bytes()
+
+
+def test_parts_of_one_manifest_make_the_shards_of_one_run(codec, tmp_path):
+    clean, parted = tmp_path / "clean", tmp_path / "parted"
+    tokenize(codec, clean)
+    first = tokenize(codec, parted, part="0/2", report="tokenize_report-part0of2.json")
+    assert sorted({p.name.split(".")[0] for p in parted.glob("shard-*")}) == ["shard-00000", "shard-00002"]
+    assert (first["shards_total"], first["shards_written"], first["items_ok"]) == (2, 2, 4)
+    second = tokenize(codec, parted, part="1/2", report="tokenize_report-part1of2.json")
+    assert (second["shards_total"], second["shards_written"], second["items_ok"]) == (1, 1, 1)
+    assert sorted(p.name for p in clean.glob("shard-*")) == sorted(p.name for p in parted.glob("shard-*"))
+    for path in clean.glob("shard-*"):
+        assert (parted / path.name).read_bytes() == path.read_bytes()
+    data = CorpusDataModule(str(MANIFEST), str(tmp_path / "new"), shard_size=1, part="1/3")
+    data.setup("predict")
+    assert data.pending == [1, 4]  # 6 items, one shard each: shards 1 and 4
+    assert {i["shard"] for b in data.batches(rank=1, world_size=2) for i in b} == {4}
+    for bad in ("2/2", "1", "a/3", "-1/2"):
+        with pytest.raises(AnyGPTError, match=f"data.part must be 'i/n'.*{bad}"):
+            CorpusDataModule(str(MANIFEST), str(tmp_path), part=bad)
 
 
 class CrashAfterFirstShard(Callback):

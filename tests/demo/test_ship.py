@@ -155,3 +155,15 @@ def test_the_lm_ships_with_one_tokenizer_config_less_and_both_tokenizers_read_it
     expected = cli.model.tokenizer.encode(text)
     assert TextTokenizer.from_pretrained(folder).encode(text) == expected
     assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == expected
+
+
+def test_the_card_of_a_later_session_says_how_a_shipped_part_was_trained(tmp_path):
+    from anygpt.demo.ship import record_part, write_card
+
+    torch.save({"global_step": 4791, "callbacks": {"Timer": {"time_elapsed": {"train": 450.0}}}},
+               tmp_path / "best.ckpt")
+    record_part(tmp_path, "music_codec", tmp_path / "best.ckpt")
+    card = write_card(tmp_path / "gone", tmp_path, corpus=tmp_path / "none.json",
+                      figures=tmp_path / "none.json").read_text()
+    assert "- `music_codec` (configs/demo/music_codec.yaml): 4791 steps, 7.5 min of training (shipped at commit" in card
+    assert "- `lm` (configs/demo/lm.yaml): not trained" in card
