@@ -21,29 +21,26 @@
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
 #                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); it exports
 #                 runs/demo/image_codec/export
-#   image_codec_more  part 2: stage image_codec trained on from its export (configs/demo/image_codec_more.yaml),
-#                 which it replaces: the codes change, so tokenize_image (and the chat records) must follow
 #   image_decoder part 2: the image codec's code decoder and UNet trained on with its codes frozen
 #                 (configs/demo/image_decoder.yaml, from runs/demo/image_codec/export): the image tokens, and an LM
 #                 trained on them, stay valid; it exports runs/demo/image_decoder/export
 #   tokenize_image, tokenize_music  part 2: the scene / melody corpus as token shards with captions,
-#                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the codecs of
-#                 runs/demo/image_codec/export and runs/demo/music_codec/best.ckpt)
+#                 data/demo/shards_{image,music}/{train,val} (configs/demo/tokenize_{image,music}.yaml: the shipped
+#                 codecs of anygpt/demo/weights, so the LM learns the codes that the shipped half-precision codecs make)
 #   lm            the text tokenizer (runs/demo/tokenizer), the voice-prompt records (data/demo/voice_records, from
 #                 the shards: anygpt.demo.voice_records) and the chat records (data/demo/chat, from the image and music
 #                 shards: anygpt.demo.chat_records; the codes of their spoken turns are kept in
 #                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
-# Part 2 from nothing on one GPU machine (about 25 minutes): `part2`, which is part2_codecs then part2_lm, or the
-# two one after the other (the second needs the first one's runs/ and data/; with OUT, the first also leaves
-# part2_codecs.tgz there, which restores them on a new machine: tar -xzf it in the repository root):
-#   part2_codecs  three branches side by side: the speech corpus and its tokenization; the melody corpus, the music
-#                 codec (DEMO_MUSIC_MINUTES, default 7.5) and its shards; the scene corpus, the image VAE
-#                 (DEMO_VAE_MINUTES, default 2), the image codec (DEMO_IMAGE_MINUTES, default 5) and its shards
-#   part2_lm      stage lm beside stage image_decoder (DEMO_MINUTES each, default 9), then ships the music
-#                 codec, the image codec with the trained-on decoder and the LM into OUT/weights (or
-#                 runs/demo/weights), with python -m anygpt.demo.ship
+# Part 2 on one GPU machine, in two sessions (nothing but git outlives one; each ships what the next one needs):
+#   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 4), the image codec (DEMO_IMAGE_MINUTES,
+#                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 6) one after the other, then ships
+#                 the image codec into OUT/weights (or anygpt/demo/weights): about 24 minutes
+#   part2_lm      the speech, melody and scene corpora side by side, their token shards by the shipped codecs (the
+#                 speech in DEMO_PARTS runs sharing the GPU, default 8: its codec encodes one utterance at a time)
+#                 and the chat records, then stage lm (DEMO_MINUTES, default 15); ships the LM into OUT/weights (or
+#                 anygpt/demo/weights)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -53,7 +50,7 @@
 # its training utterances (a smaller corpus is a prefix of the larger one's training split); DEMO_CHAT (default
 # 12000) the training conversations. DEMO_FIT_ARGS adds arguments to every fit: a quick rehearsal of a chain on the
 # CPU, e.g. DEMO_TRAIN=300 DEMO_CHAT=300 DEMO_FIT_ARGS="--trainer.max_steps 2 --trainer.val_check_interval 2
-# --trainer.limit_val_batches 1 --trainer.precision 32" bash configs/demo/stage.sh part2_codecs.
+# --trainer.limit_val_batches 1 --trainer.precision 32" bash configs/demo/stage.sh part2_image.
 set -euo pipefail
 stage=${1:?usage: stage.sh STAGE [OUT]}
 out=${2:-}
@@ -93,10 +90,31 @@ PY
   python -m anygpt fit --config "$1" --trainer.max_time "$limit" "${resume[@]}" "${@:3}" ${DEMO_FIT_ARGS:-}
 }
 
-tokenize() {  # tokenize MODALITY CORPUS SHARDS: data/demo/CORPUS/{train,val}.jsonl -> data/demo/SHARDS/{train,val}
+tokenize() {  # tokenize MODALITY CORPUS SHARDS [PARTS]: data/demo/CORPUS/{train,val}.jsonl -> data/demo/SHARDS/{...}
+  local parts=${4:-1} i
   for split in train val; do
-    python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" \
-      --data.manifest "data/demo/$2/$split.jsonl" --data.output_dir "data/demo/$3/$split"
+    for ((i = 0; i < parts; i++)); do  # PARTS runs side by side, each on every PARTS-th shard (data.part)
+      python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" --data.manifest "data/demo/$2/$split.jsonl" \
+        --data.output_dir "data/demo/$3/$split" $([ "$parts" = 1 ] || echo "--data.part $i/$parts") &
+    done
+    wait_all
+  done
+}
+
+wait_all() {  # wait for every background job; fail if one failed
+  local job failed=0
+  for job in $(jobs -p); do wait "$job" || failed=1; done
+  return "$failed"
+}
+
+chat() {  # the chat records of both splits, where missing (their spoken turns: espeak-ng and the speech codec)
+  local split count
+  for split in train val; do
+    count=${DEMO_CHAT:-12000}; [ "$split" = val ] && count=200
+    [ -f "data/demo/chat/$split.jsonl" ] || python -m anygpt.demo.chat_records "data/demo/chat/$split.jsonl" \
+      --split "$split" --count "$count" --images "data/demo/shards_image/$split" \
+      --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)" \
+      --speech-cache data/demo/chat/speech_codes.jsonl.gz
   done
 }
 
@@ -130,17 +148,11 @@ case "$stage" in
     for split in train val; do
       [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
         "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
-      count=${DEMO_CHAT:-12000}; [ "$split" = val ] && count=200
-      [ -f "data/demo/chat/$split.jsonl" ] || python -m anygpt.demo.chat_records "data/demo/chat/$split.jsonl" \
-        --split "$split" --count "$count" --images "data/demo/shards_image/$split" \
-        --music "data/demo/shards_music/$split" --seed "$seed" --workers "$(nproc)" \
-        --speech-cache data/demo/chat/speech_codes.jsonl.gz
     done
-    fit configs/demo/lm.yaml lm; pack lm ;;
+    chat; fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
-  image_codec_more) scenes; fit configs/demo/image_codec_more.yaml image_codec_more; pack image_codec_more ;;
   image_decoder) scenes; fit configs/demo/image_decoder.yaml image_decoder; pack image_decoder ;;
   tokenize_image)
     scenes; tokenize image images shards_image
@@ -148,33 +160,27 @@ case "$stage" in
   tokenize_music)
     melodies; tokenize music music shards_music
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
-  part2_codecs)  # three branches side by side, each starting as soon as its corpus is there
-    mkdir -p runs/demo
-    (corpus && tokenize speech speech shards) > runs/demo/speech.log 2>&1 &
-    speech=$!
-    (melodies && minutes=${DEMO_MUSIC_MINUTES:-7.5} fit configs/demo/music_codec.yaml music_codec &&
-      tokenize music music shards_music) > runs/demo/music.log 2>&1 &
-    music=$!
+  part2_image)
     scenes
-    minutes=${DEMO_VAE_MINUTES:-2} fit configs/demo/image_vae.yaml image_vae
-    minutes=${DEMO_IMAGE_MINUTES:-5} fit configs/demo/image_codec.yaml image_codec
-    tokenize image images shards_image
-    wait "$speech" || { tail -5 runs/demo/speech.log >&2; exit 1; }
-    wait "$music" || { tail -5 runs/demo/music.log >&2; exit 1; }
+    minutes=${DEMO_VAE_MINUTES:-4} fit configs/demo/image_vae.yaml image_vae
+    minutes=${DEMO_IMAGE_MINUTES:-12} fit configs/demo/image_codec.yaml image_codec
+    minutes=${DEMO_DECODER_MINUTES:-6} fit configs/demo/image_decoder.yaml image_decoder
+    python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts image_codec image_decoder
     if [ -n "$out" ]; then
-      mkdir -p "$out"
-      shopt -s nullglob; metrics=(runs/demo/*_logs/version_0/metrics.csv); shopt -u nullglob  # those that logged
-      tar -czf "$out/part2_codecs.tgz" runs/demo/music_codec/best.ckpt runs/demo/image_codec/export \
-        runs/demo/image_vae/diffusers "${metrics[@]}" data/demo/shards data/demo/shards_image data/demo/shards_music
+      shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
+      tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json
     fi ;;
   part2_lm)
-    export DEMO_MINUTES=${DEMO_MINUTES:-9}
-    bash "$0" image_decoder > runs/demo/image_decoder.log 2>&1 &
-    decoder=$!
+    export DEMO_MINUTES=${DEMO_MINUTES:-15}
+    mkdir -p runs/demo
+    (corpus && tokenize speech speech shards "${DEMO_PARTS:-8}") > runs/demo/speech.log 2>&1 &
+    (  # the chat records, beside the speech shards: their spoken turns also go through the speech codec one by one
+      (melodies && tokenize music music shards_music) > runs/demo/music.log 2>&1 &
+      (scenes && tokenize image images shards_image) > runs/demo/image.log 2>&1 &
+      wait_all && chat
+    ) > runs/demo/chat.log 2>&1 &
+    wait_all || { tail -n 5 runs/demo/{speech,music,image,chat}.log >&2; exit 1; }
     bash "$0" lm
-    wait "$decoder" || { tail -5 runs/demo/image_decoder.log >&2; exit 1; }
-    python -m anygpt.demo.ship runs/demo "${out:-runs/demo}/weights" --clips 0 \
-      --parts music_codec image_codec image_decoder lm ;;
-  part2) bash "$0" part2_codecs "$out" && bash "$0" part2_lm "$out" ;;
+    python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts lm ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
