@@ -33,14 +33,14 @@
 #                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
-# Part 2 on one GPU machine, in two sessions (nothing but git outlives one; each ships what the next one needs):
+# Part 2 on one GPU machine in two commands of under 30 minutes, each shipping what the next one reads:
 #   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 4), the image codec (DEMO_IMAGE_MINUTES,
 #                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 6) one after the other, then ships
 #                 the image codec into OUT/weights (or anygpt/demo/weights): about 24 minutes
 #   part2_lm      the speech, melody and scene corpora side by side, their token shards by the shipped codecs (the
-#                 speech in DEMO_PARTS runs sharing the GPU, default 8: its codec encodes one utterance at a time)
-#                 and the chat records, then stage lm (DEMO_MINUTES, default 15); ships the LM into OUT/weights (or
-#                 anygpt/demo/weights)
+#                 speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their codecs encode one clip at
+#                 a time, ~40 and ~24 items/s) and the chat records, then stage lm (DEMO_MINUTES, default 15); ships
+#                 the LM into OUT/weights (or anygpt/demo/weights)
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -175,7 +175,7 @@ case "$stage" in
     mkdir -p runs/demo
     (corpus && tokenize speech speech shards "${DEMO_PARTS:-8}") > runs/demo/speech.log 2>&1 &
     (  # the chat records, beside the speech shards: their spoken turns also go through the speech codec one by one
-      (melodies && tokenize music music shards_music) > runs/demo/music.log 2>&1 &
+      (melodies && tokenize music music shards_music "${DEMO_PARTS:-8}") > runs/demo/music.log 2>&1 &
       (scenes && tokenize image images shards_image) > runs/demo/image.log 2>&1 &
       wait_all && chat
     ) > runs/demo/chat.log 2>&1 &
