@@ -85,7 +85,8 @@ def ship_music_codec(ckpt: Path, out: Path) -> Path:
 
 def ship_image_codec(ckpt: Path, out: Path) -> Path:
     """A joint ``SeedTrainer`` fit checkpoint, half precision, into ``out/image_codec``: the codec's
-    ``seed_quantizer.pt``, ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a diffusers pipeline
+    ``seed_quantizer.pt`` (less its training-only query-reconstruction head, ``RECON_HEAD``: 0.23 MB of the
+    demo's), ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a diffusers pipeline
     folder ``decoder/`` whose VAE keeps its decoder only (``anygpt.decoders.decoder_only_vae``)."""
     from anygpt.training.image_codec import SeedTrainer
 
@@ -99,8 +100,13 @@ def ship_image_codec(ckpt: Path, out: Path) -> Path:
 
     trained.unclip.decoder.pipe.to(torch.float16)
     trained.export(str(folder))  # the codec's files and decoder/
+    from anygpt.tokenizers.seed.model import RECON_HEAD
+
     for name in ("seed_quantizer.pt", "eva_vit_g.pth"):
-        torch.save(_half(torch.load(folder / name, map_location="cpu")), folder / name)
+        state = torch.load(folder / name, map_location="cpu")
+        if name == "seed_quantizer.pt":  # without the query-reconstruction head, which only training uses
+            state = {k: v for k, v in state.items() if not RECON_HEAD.match(k)}
+        torch.save(_half(state), folder / name)
     strip_encoder(folder / "decoder" / "vae")  # decoding never encodes pictures
     return folder
 

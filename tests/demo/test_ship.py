@@ -114,8 +114,10 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "last.ckpt")
     folder = ship_image_codec(tmp_path / "last.ckpt", tmp_path / "weights")
-    assert {v.dtype for v in torch.load(folder / "seed_quantizer.pt").values() if v.is_floating_point()} \
-        == {torch.float16}
+    shipped = torch.load(folder / "seed_quantizer.pt")
+    assert {v.dtype for v in shipped.values() if v.is_floating_point()} == {torch.float16}
+    assert "pos_embed" not in shipped and not [k for k in shipped if k.startswith("blocks.")]  # training only
+    assert "pos_embed_image" in shipped and [k for k in shipped if k.startswith("blocks_image.")]
     decoder = UnCLIPDecoder(source=str(folder / "decoder"), num_inference_steps=2)
     codec = SeedImageCodec(quantizer=str(folder / "seed_quantizer.pt"), visual=str(folder / "eva_vit_g.pth"),
                            config=json.loads((folder / "seed_config.json").read_text()), decoder=decoder)

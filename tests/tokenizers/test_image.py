@@ -211,6 +211,25 @@ def test_round_trip_through_files(parts, cases, image_paths, tmp_path):
         SeedImageCodec.from_pretrained(quantizer=str(tmp_path / "bad.pt"), visual=str(vpath), config=config)
 
 
+def test_a_quantizer_file_may_leave_out_the_query_reconstruction_head(parts, cases, image_paths, tmp_path):
+    config, quantizer, visual = parts
+    qpath, vpath = tmp_path / "seed_quantizer.pt", tmp_path / "eva_vit_g.pth"
+    torch.save(visual, vpath)
+    head = [k for k in quantizer if k == "pos_embed" or k.startswith("blocks.")]
+    assert head and "pos_embed_image" not in head
+    torch.save({k: v for k, v in quantizer.items() if k not in head}, qpath)
+    codec = SeedImageCodec.from_pretrained(quantizer=str(qpath), visual=str(vpath), config=config)
+    codes = codec.encode(image_paths)
+    assert torch.equal(torch.stack(codes), cases["codes"])
+    full = SeedImageCodec(quantizer=quantizer, visual=visual, decoder=None, config=config)
+    with torch.no_grad():  # the image features that unCLIP draws from do not use the head
+        torch.testing.assert_close(codec.model.codebook_entry(torch.stack(codes)),
+                                   full.model.codebook_entry(torch.stack(codes)))
+    torch.save({k: v for k, v in quantizer.items() if k != "pos_embed"}, qpath)  # half the head: an error
+    with pytest.raises(AnyGPTError, match=r"missing pos_embed"):
+        SeedImageCodec.from_pretrained(quantizer=str(qpath), visual=str(vpath), config=config)
+
+
 def test_bad_options_are_errors():
     with pytest.raises(AnyGPTError, match="unknown SEED tokenizer config keys: depth"):
         SeedImageCodec(quantizer=None, visual=None, decoder=None, config={**TINY_CONFIG, "depth": 2})

@@ -31,6 +31,9 @@ IGNORED_QUANTIZER_KEYS = (
     r"^temp$",
 )
 _IGNORED = re.compile("|".join(IGNORED_QUANTIZER_KEYS))
+#: The query-reconstruction head (``pos_embed`` + ``blocks``): trained, never used to encode or decode. A
+#: ``seed_quantizer.pt`` may leave it out (the demo's shipped codec does); it is then drawn at random.
+RECON_HEAD = re.compile(r"^(pos_embed$|blocks\.)")
 #: Prefix of the ViT's tensors in the model; ``eva_vit_g.pth`` has them without it.
 VISUAL_PREFIX = "visual_encoder."
 #: Heads of the decoder blocks: hard-coded in the reference whatever the Q-Former width.
@@ -190,8 +193,8 @@ def split_keys(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     return visual, rest
 
 
-def check_part(state: object, expected: dict[str, Tensor], name: str, ignore: re.Pattern | None = None
-               ) -> dict[str, Tensor]:
+def check_part(state: object, expected: dict[str, Tensor], name: str, ignore: re.Pattern | None = None,
+               optional: re.Pattern | None = None) -> dict[str, Tensor]:
     """The tensors of ``state`` that ``expected`` names, after a strict check of keys and shapes.
 
     Args:
@@ -199,6 +202,7 @@ def check_part(state: object, expected: dict[str, Tensor], name: str, ignore: re
         expected: Key -> tensor of the right shape (meta tensors do).
         name: The file (or "the ... state dict"), for messages.
         ignore: Unknown keys matching it are skipped silently.
+        optional: Expected keys matching it may be missing (all of them or none: half a part is an error).
 
     Raises:
         AnyGPTError: Not a state dict, missing or unexpected keys, or a shape that differs (one line).
@@ -208,6 +212,11 @@ def check_part(state: object, expected: dict[str, Tensor], name: str, ignore: re
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise AnyGPTError(f"{name} holds a {type(state).__name__}, not a state dict of tensors")
     missing = [k for k in expected if k not in state]
+    if optional is not None:
+        left_out = [k for k in missing if optional.match(k)]
+        if left_out and len(left_out) == sum(1 for k in expected if optional.match(k)):
+            missing = [k for k in missing if k not in left_out]
+            expected = {k: v for k, v in expected.items() if k not in left_out}
     unexpected = [k for k in state if k not in expected and not (ignore is not None and ignore.match(k))]
     if missing or unexpected:
         problems = [f"{what} {_few(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
@@ -227,7 +236,8 @@ def load_parts(model: nn.Module, quantizer: tuple[object, str] | None, visual: t
     Args:
         model: A ``SeedQuantizer`` on the meta device.
         quantizer: ``(state dict, name)`` of the non-ViT part (``seed_quantizer.pt``), or None for random
-            weights; the keys of ``IGNORED_QUANTIZER_KEYS`` are skipped, ``visual_encoder.*`` is unexpected.
+            weights; the keys of ``IGNORED_QUANTIZER_KEYS`` are skipped, ``visual_encoder.*`` is unexpected, and
+            a file without the whole ``RECON_HEAD`` gets it at random.
         visual: ``(state dict, name)`` of the ViT (``eva_vit_g.pth`` layout, no prefix), or None for random.
         seed: Seed of the random parts, drawn on the default device with a generator of their own (the
             global RNG is untouched; another device gives other numbers).
@@ -243,7 +253,7 @@ def load_parts(model: nn.Module, quantizer: tuple[object, str] | None, visual: t
         part = check_part(visual[0], visual_keys, visual[1])
         state.update({VISUAL_PREFIX + k: v for k, v in part.items()})
     if quantizer is not None:
-        state.update(check_part(quantizer[0], rest_keys, quantizer[1], _IGNORED))
+        state.update(check_part(quantizer[0], rest_keys, quantizer[1], _IGNORED, RECON_HEAD))
     device = torch.get_default_device()
     if device.type == "meta":
         device = torch.device("cpu")
