@@ -34,9 +34,9 @@
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
 # Part 2 on one GPU machine in two commands of under 30 minutes, each shipping what the next one reads:
-#   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 4), the image codec (DEMO_IMAGE_MINUTES,
-#                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 6) one after the other, then ships
-#                 the image codec into OUT/weights (or anygpt/demo/weights): about 24 minutes
+#   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 3.5), the image codec (DEMO_IMAGE_MINUTES,
+#                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships
+#                 the image codec into OUT/weights (or anygpt/demo/weights): about 22 minutes
 #   part2_lm      the speech, melody and scene corpora side by side, their token shards by the shipped codecs (the
 #                 speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their codecs encode one clip at
 #                 a time, ~40 and ~24 items/s) and the chat records, then stage lm (DEMO_MINUTES, default 15); ships
@@ -162,9 +162,9 @@ case "$stage" in
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
   part2_image)
     scenes
-    minutes=${DEMO_VAE_MINUTES:-4} fit configs/demo/image_vae.yaml image_vae
+    minutes=${DEMO_VAE_MINUTES:-3.5} fit configs/demo/image_vae.yaml image_vae
     minutes=${DEMO_IMAGE_MINUTES:-12} fit configs/demo/image_codec.yaml image_codec
-    minutes=${DEMO_DECODER_MINUTES:-6} fit configs/demo/image_decoder.yaml image_decoder
+    minutes=${DEMO_DECODER_MINUTES:-5} fit configs/demo/image_decoder.yaml image_decoder
     python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts image_codec image_decoder
     if [ -n "$out" ]; then
       shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
