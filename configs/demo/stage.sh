@@ -36,7 +36,8 @@
 # Part 2 on one GPU machine in two commands of under 30 minutes, each shipping what the next one reads:
 #   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 3.5), the image codec (DEMO_IMAGE_MINUTES,
 #                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships
-#                 the image codec into OUT/weights (or anygpt/demo/weights): about 22 minutes
+#                 the image codec into OUT/weights (or anygpt/demo/weights): about 22 minutes; OUT also gets
+#                 part2_image_runs.tgz, the metrics and the whole VAE (benchmarks/demo_image_codec.py --vae reads it)
 #   part2_lm      the speech, melody and scene corpora side by side, their token shards by the shipped codecs (the
 #                 speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their codecs encode one clip at
 #                 a time, ~40 and ~24 items/s) and the chat records, then stage lm (DEMO_MINUTES, default 15); ships
@@ -168,7 +169,7 @@ case "$stage" in
     python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts image_codec image_decoder
     if [ -n "$out" ]; then
       shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
-      tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json
+      tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json runs/demo/image_vae/diffusers
     fi ;;
   part2_lm)
     export DEMO_MINUTES=${DEMO_MINUTES:-15}
