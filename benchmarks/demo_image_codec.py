@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from demo_media import objects_right
 from timing import write_json
 
 
@@ -40,9 +41,12 @@ def load_codec(folder: Path, steps: int):
 def right(picture, attributes: dict) -> bool:
     from anygpt.demo.image_judge import objects
 
-    wanted = attributes.get("shapes") or [attributes]
-    found = sorted((o["color"], o["shape"]) for o in objects(picture))
-    return found == sorted((s["color"], s["shape"]) for s in wanted)
+    return objects_right(objects(picture), attributes)
+
+
+def pixels(pictures: list) -> torch.Tensor:
+    """PIL pictures as one ``[B, 3, H, W]`` float batch in [0, 1], as the teacher reads them."""
+    return torch.stack([torch.from_numpy(np.asarray(p.convert("RGB"))).permute(2, 0, 1) for p in pictures]) / 255
 
 
 def by_group(flags: list[bool], groups: list[str]) -> dict[str, float]:
@@ -69,24 +73,20 @@ def probe(features: torch.Tensor, labels: torch.Tensor, small: torch.Tensor, tra
     return {"small": float(hit[rest].mean()), "big": float(hit[~rest].mean())}
 
 
-def probes(codec, vae: str | None, count: int, seed: int, folder: Path) -> dict:
+def probes(codec, teacher, count: int, seed: int, folder: Path) -> dict:
     from anygpt.demo.scenes import plan, render
 
     scenes = [s for s in plan(seed, {"train": count, "val": 0, "test": 0})["train"] if len(s["shapes"]) == 1]
-    paths = []
-    for i, scene in enumerate(scenes):
-        paths.append(folder / f"probe_{i:05d}.png")
-        render(scene).save(paths[-1])
+    images = [render(scene) for scene in scenes]
+    paths = [folder / f"probe_{i:05d}.png" for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
     codes = torch.cat([torch.stack(codec.encode([str(p) for p in paths[i: i + 256]]))
                        for i in range(0, len(paths), 256)])
     inputs = {"codes": F.one_hot(codes.long(), codec.model.quantize.embedding.weight.shape[0]).flatten(1).float()}
-    if vae:
-        from anygpt.training.image_embedders import LatentEmbedder
-
-        teacher = LatentEmbedder(vae, pool=2)
-        pixels = torch.stack([torch.from_numpy(np.asarray(render(s).convert("RGB"))).permute(2, 0, 1) / 255
-                              for s in scenes]).float()
-        inputs["teacher"] = torch.cat([teacher(pixels[i: i + 256]) for i in range(0, len(pixels), 256)])
+    if teacher is not None:
+        batch = pixels(images)
+        inputs["teacher"] = torch.cat([teacher(batch[i: i + 256]) for i in range(0, len(batch), 256)])
     small = torch.tensor([s["shapes"][0]["size"] == "small" for s in scenes])
     train = int(0.8 * len(scenes))
     out = {"scenes": len(scenes), "train": train}
@@ -124,17 +124,18 @@ def main() -> None:
     groups = [line["attributes"].get("size", "several") for line in lines]
     result = {"benchmark": "demo_image_codec", "codec": args.codec, "count": len(lines),
               "round_trip": by_group([right(p, line["attributes"]) for p, line in zip(decoded, lines)], groups)}
+    teacher = None
     if args.vae:
         from anygpt.training.image_embedders import LatentEmbedder
 
+        teacher = LatentEmbedder(args.vae, pool=2)
         single = [line for line in lines if "color" in line["attributes"]]
-        pixels = torch.stack([torch.from_numpy(np.asarray(picture(line).convert("RGB"))).permute(2, 0, 1) / 255
-                              for line in single]).float()
-        drawn = codec.decoder.decode(LatentEmbedder(args.vae, pool=2)(pixels), seeds=list(range(len(single))))
+        drawn = codec.decoder.decode(teacher(pixels([picture(line) for line in single])),
+                                     seeds=list(range(len(single))))
         result["teacher"] = by_group([right(p, line["attributes"]) for p, line in zip(drawn, single)],
                                      [line["attributes"]["size"] for line in single])
     if args.probe:
-        result["probe"] = probes(codec, args.vae, args.probe, args.seed, folder)
+        result["probe"] = probes(codec, teacher, args.probe, args.seed, folder)
     write_json(args.out, result)
     print(f"{'measure':<34} {'all':>7} {'big':>7} {'small':>7} {'several':>8}")
     rows = [("round trip right", result["round_trip"])]
