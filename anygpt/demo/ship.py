@@ -175,13 +175,17 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def shipped_parts(out: Path) -> dict[str, dict]:
+    """What ``out/parts.json`` says of each shipped part (``record_part``); {} if there is none."""
+    path = out / PROVENANCE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def record_part(out: Path, name: str, ckpt: Path) -> None:
     """Note in ``out/parts.json`` how the shipped part ``name`` was trained (steps, minutes, commit), so that the
     model card of a later session, whose runs are gone, still says it."""
-    path = out / PROVENANCE
-    parts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    parts[name] = {"training": _training(ckpt), "commit": _commit()}
-    path.write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    parts = {**shipped_parts(out), name: {"training": _training(ckpt), "commit": _commit()}}
+    (out / PROVENANCE).write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
@@ -189,8 +193,7 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
     """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained (its run, else what
     ``parts.json`` recorded when it shipped), the commit, the figures and free-text ``notes`` (how a run departed
     from the documented stages, say)."""
-    path = out / PROVENANCE
-    shipped = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    shipped = shipped_parts(out)
     lines = ["# anygpt demo world", "",
              "A small AnyGPT trained by this project from nothing on its own worlds of espeak-ng speech, drawn scenes "
              "and synthesized melodies (`anygpt.demo`). Runs offline on the CPU: "
@@ -223,9 +226,9 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         lines += ["## Held-out figures (`python benchmarks/demo_speech.py`)", "", "```",
                   json.dumps({k: result[k] for k in ("count", "asr", "tts", "zero_shot", "codec") if k in result},
                              indent=1), "```", ""]
-    card = out / "MODEL_CARD.md"
-    card.write_text("\n".join(lines), encoding="utf-8")
-    return card
+    path = out / "MODEL_CARD.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

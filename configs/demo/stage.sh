@@ -166,6 +166,7 @@ case "$stage" in
     minutes=${DEMO_VAE_MINUTES:-3.5} fit configs/demo/image_vae.yaml image_vae
     minutes=${DEMO_IMAGE_MINUTES:-12} fit configs/demo/image_codec.yaml image_codec
     minutes=${DEMO_DECODER_MINUTES:-5} fit configs/demo/image_decoder.yaml image_decoder
+    # image_decoder writes over image_codec's folder; shipping both records both runs in parts.json for the card
     python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts image_codec image_decoder
     if [ -n "$out" ]; then
       shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
