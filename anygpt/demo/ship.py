@@ -137,12 +137,13 @@ PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec,
          "lm": ship_lm}
 
 
-def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
-    """The first ``count`` held-out sentences, spoken by their held-out voices, as 16 kHz wavs (test inputs and the
-    README's examples); rebuilt exactly from ``heldout.jsonl`` by espeak-ng."""
+def write_clips(count: int = 4, folder: Path = CLIPS, media: int = 2) -> list[Path]:
+    """The first ``count`` held-out sentences, spoken by their held-out voices, as 16 kHz wavs, and the first
+    ``media`` held-out scenes (PNG) and melodies (16 kHz FLAC): test inputs and the README's examples, rebuilt
+    exactly from ``heldout.jsonl`` (the speech by espeak-ng)."""
     import soundfile
 
-    from anygpt.demo.heldout import read, speak
+    from anygpt.demo.heldout import picture, play, read, speak
     from anygpt.demo.speech_corpus import SAMPLE_RATE
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,12 @@ def write_clips(count: int = 4, folder: Path = CLIPS) -> list[Path]:
     for i, line in enumerate(read(modality="speech")[:count]):
         paths.append(folder / f"heldout_{i}.wav")
         soundfile.write(paths[-1], speak(line)[0], SAMPLE_RATE, subtype="PCM_16")
+    for i, line in enumerate(read(modality="image")[:media]):
+        paths.append(folder / f"heldout_scene_{i}.png")
+        picture(line).save(paths[-1])
+    for i, line in enumerate(read(modality="music")[:media]):
+        paths.append(folder / f"heldout_melody_{i}.flac")
+        soundfile.write(paths[-1], play(line), SAMPLE_RATE, subtype="PCM_16")
     return paths
 
 

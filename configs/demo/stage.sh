@@ -33,15 +33,26 @@
 #                 data/demo/chat/speech_codes.jsonl.gz, which a rebuild reuses without espeak-ng: after the image
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
-# Part 2 on one GPU machine in two commands of under 30 minutes, each shipping what the next one reads:
+# Part 2 in three steps, each shipping or packing what the next one reads (the GPU ones under 30 minutes):
 #   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 3.5), the image codec (DEMO_IMAGE_MINUTES,
 #                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships
 #                 the image codec into OUT/weights (or anygpt/demo/weights): about 22 minutes; OUT also gets
 #                 part2_image_runs.tgz, the metrics and the whole VAE (benchmarks/demo_image_codec.py --vae reads it)
-#   part2_lm      the speech, melody and scene corpora side by side, their token shards by the shipped codecs (the
-#                 speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their codecs encode one clip at
-#                 a time, ~40 and ~24 items/s) and the chat records, then stage lm (DEMO_MINUTES, default 15); ships
-#                 the LM into OUT/weights (or anygpt/demo/weights)
+#   image_decoder_refine  the shipped image decoder (anygpt/demo/weights/image_codec) trained on with its codes
+#                 frozen, as stage image_decoder but started from the shipped files and the VAE of stage image_vae
+#                 (runs/demo/image_vae/diffusers: the shipped one has no encoder) for DEMO_DECODER_MINUTES (default
+#                 15; DEMO_DECODER_STEPS, default 8000, sets its cosine); ships image_decoder. The image tokens stay as
+#                 they are, so it may run beside part2_lm on the same GPU (with another OUT)
+#   part2_data    every input of the LM: the speech, melody and scene corpora side by side, their token shards by
+#                 the shipped codecs (the speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their
+#                 codecs encode one clip at a time, ~40 and ~24 items/s on the H200, ~28 and ~10 on 2 CPU cores) and
+#                 the chat and voice-prompt records; then data/demo_lm_inputs.tgz (~20 MB), which part2_lm unpacks:
+#                 build it on a CPU machine and carry it, so that the GPU's time goes to the LM
+#   part2_lm      part2_data where its inputs are missing (unpacking data/demo_lm_inputs.tgz first where there is
+#                 one), then stage lm (DEMO_MINUTES, default 20); ships the LM into OUT/weights (or
+#                 anygpt/demo/weights)
+# A split whose finished shards already hold every line of its manifest is not tokenized again (whatever their size).
+# With OUT, part2_image, image_decoder_refine and part2_lm also write OUT/weights.tar (the shipped folders).
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
 # speech_codec --clips 0` writes anygpt/demo/weights/speech_codec.safetensors, which soundstorm and tokenize read
 # (the codes the shipped half-precision codec makes); lm needs data/demo/shards.
@@ -94,12 +105,43 @@ PY
 tokenize() {  # tokenize MODALITY CORPUS SHARDS [PARTS]: data/demo/CORPUS/{train,val}.jsonl -> data/demo/SHARDS/{...}
   local parts=${4:-1} i
   for split in train val; do
+    tokenized "data/demo/$3/$split" "data/demo/$2/$split.jsonl" && continue
     for ((i = 0; i < parts; i++)); do  # PARTS runs side by side, each on every PARTS-th shard (data.part)
       python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" --data.manifest "data/demo/$2/$split.jsonl" \
         --data.output_dir "data/demo/$3/$split" $([ "$parts" = 1 ] || echo "--data.part $i/$parts") &
     done
     wait_all
   done
+}
+
+tokenized() {  # tokenized SHARDS MANIFEST: whether the finished shards in SHARDS hold every line of MANIFEST
+  python - "$1" "$2" <<'PY'
+import glob, json, sys
+records = sum(json.load(open(meta))["records"] for meta in glob.glob(f"{sys.argv[1]}/*.meta.json"))
+with open(sys.argv[2], encoding="utf-8") as manifest:
+    sys.exit(0 if records == sum(1 for line in manifest if line.strip()) else 1)
+PY
+}
+
+lm_inputs() {  # whether every input of configs/demo/lm.yaml is there
+  local path
+  for path in data/demo/{shards,shards_image,shards_music}/{train,val} \
+    data/demo/{chat,voice_records}/{train,val}.jsonl; do
+    [ -e "$path" ] || return 1
+  done
+}
+
+voice_records() {  # the voice-prompt records of both splits, where missing (from the speech shards)
+  local split
+  for split in train val; do
+    [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
+      "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
+  done
+}
+
+ship_tar() {  # ship_tar PART...: ship PARTs into OUT/weights (or anygpt/demo/weights); with OUT, also OUT/weights.tar
+  python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts "$@"
+  [ -z "$out" ] || tar -cf "$out/weights.tar" -C "$out" weights
 }
 
 wait_all() {  # wait for every background job; fail if one failed
@@ -146,11 +188,7 @@ case "$stage" in
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
-    for split in train val; do
-      [ -f "data/demo/voice_records/$split.jsonl" ] || python -m anygpt.demo.voice_records "data/demo/shards/$split" \
-        "data/demo/voice_records/$split.jsonl" --split "$split" --seed "$seed" --train "$train"
-    done
-    chat; fit configs/demo/lm.yaml lm; pack lm ;;
+    voice_records; chat; fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
@@ -167,13 +205,20 @@ case "$stage" in
     minutes=${DEMO_IMAGE_MINUTES:-12} fit configs/demo/image_codec.yaml image_codec
     minutes=${DEMO_DECODER_MINUTES:-5} fit configs/demo/image_decoder.yaml image_decoder
     # image_decoder writes over image_codec's folder; shipping both records both runs in parts.json for the card
-    python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts image_codec image_decoder
+    ship_tar image_codec image_decoder
     if [ -n "$out" ]; then
       shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
       tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json runs/demo/image_vae/diffusers
     fi ;;
-  part2_lm)
-    export DEMO_MINUTES=${DEMO_MINUTES:-15}
+  image_decoder_refine)
+    scenes
+    shipped=anygpt/demo/weights/image_codec
+    minutes=${DEMO_DECODER_MINUTES:-15} fit configs/demo/image_decoder.yaml image_decoder \
+      --model.init_args.codec.quantizer "$shipped/seed_quantizer.pt" --model.init_args.codec.visual \
+      "$shipped/eva_vit_g.pth" --model.init_args.decoder.source "$shipped/decoder" \
+      --model.init_args.decoder.vae runs/demo/image_vae/diffusers --trainer.max_steps "${DEMO_DECODER_STEPS:-8000}"
+    ship_tar image_decoder ;;
+  part2_data)
     mkdir -p runs/demo
     (corpus && tokenize speech speech shards "${DEMO_PARTS:-8}") > runs/demo/speech.log 2>&1 &
     (  # the chat records, beside the speech shards: their spoken turns also go through the speech codec one by one
@@ -182,7 +227,14 @@ case "$stage" in
       wait_all && chat
     ) > runs/demo/chat.log 2>&1 &
     wait_all || { tail -n 5 runs/demo/{speech,music,image,chat}.log >&2; exit 1; }
+    voice_records
+    tar -czf data/demo_lm_inputs.tgz data/demo/{shards,shards_image,shards_music,voice_records} \
+      data/demo/chat/{train,val}.jsonl ;;
+  part2_lm)
+    export DEMO_MINUTES=${DEMO_MINUTES:-20}
+    if ! lm_inputs && [ -f data/demo_lm_inputs.tgz ]; then tar -xzf data/demo_lm_inputs.tgz; fi
+    lm_inputs || bash "$0" part2_data
     bash "$0" lm
-    python -m anygpt.demo.ship runs/demo "${out:-anygpt/demo}/weights" --clips 0 --parts lm ;;
+    ship_tar lm ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac

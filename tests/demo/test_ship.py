@@ -169,3 +169,25 @@ def test_the_card_of_a_later_session_says_how_a_shipped_part_was_trained(tmp_pat
                       figures=tmp_path / "none.json").read_text()
     assert "- `music_codec` (configs/demo/music_codec.yaml): 4791 steps, 7.5 min of training (shipped at commit" in card
     assert "- `lm` (configs/demo/lm.yaml): not trained" in card
+
+
+def test_the_example_media_are_the_heldout_scenes_and_melodies(tmp_path):
+    """write_clips' pictures and melodies, judged by the analysers that judge the demo's own output."""
+    import soundfile
+
+    from anygpt.demo.heldout import read
+    from anygpt.demo.image_judge import objects
+    from anygpt.demo.music_judge import judge
+    from anygpt.demo.ship import write_clips
+
+    paths = write_clips(0, tmp_path, media=1)
+    assert [p.name for p in paths] == ["heldout_scene_0.png", "heldout_melody_0.flac"]
+    scene, melody = read(modality="image")[0]["attributes"], read(modality="music")[0]["attributes"]
+    from PIL import Image
+
+    found = objects(Image.open(paths[0]))
+    assert [(o["color"], o["shape"]) for o in found] == [(scene["color"], scene["shape"])]
+    wave, rate = soundfile.read(paths[1], dtype="float32")
+    heard = judge(wave, rate)
+    assert rate == 16000 and (heard["key"], heard["mode"]) == (melody["key"], melody["mode"])
+    assert abs(heard["tempo"] - melody["tempo"]) <= 0.1 * melody["tempo"]
