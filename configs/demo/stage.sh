@@ -46,7 +46,7 @@
 #   part2_data    every input of the LM: the speech, melody and scene corpora side by side, their token shards by
 #                 the shipped codecs (the speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their
 #                 codecs encode one clip at a time, ~40 and ~24 items/s on the H200, ~28 and ~10 on 2 CPU cores) and
-#                 the chat and voice-prompt records; then data/demo_lm_inputs.tgz (~20 MB), which part2_lm unpacks:
+#                 the chat and voice-prompt records; then data/demo_lm_inputs.tgz (~17 MB), which part2_lm unpacks:
 #                 build it on a CPU machine and carry it, so that the GPU's time goes to the LM
 #   part2_lm      part2_data where its inputs are missing (unpacking data/demo_lm_inputs.tgz first where there is
 #                 one), then stage lm (DEMO_MINUTES, default 20); ships the LM into OUT/weights (or
@@ -123,10 +123,9 @@ with open(sys.argv[2], encoding="utf-8") as manifest:
 PY
 }
 
-lm_inputs() {  # whether every input of configs/demo/lm.yaml is there
+lm_inputs() {  # whether the shards and chat records of configs/demo/lm.yaml are there (stage lm makes the rest)
   local path
-  for path in data/demo/{shards,shards_image,shards_music}/{train,val} \
-    data/demo/{chat,voice_records}/{train,val}.jsonl; do
+  for path in data/demo/{shards,shards_image,shards_music}/{train,val} data/demo/chat/{train,val}.jsonl; do
     [ -e "$path" ] || return 1
   done
 }
@@ -227,9 +226,8 @@ case "$stage" in
       wait_all && chat
     ) > runs/demo/chat.log 2>&1 &
     wait_all || { tail -n 5 runs/demo/{speech,music,image,chat}.log >&2; exit 1; }
-    voice_records
-    tar -czf data/demo_lm_inputs.tgz data/demo/{shards,shards_image,shards_music,voice_records} \
-      data/demo/chat/{train,val}.jsonl ;;
+    voice_records  # seconds from the shards: stage lm rebuilds them rather than carry 140 MB
+    tar -czf data/demo_lm_inputs.tgz data/demo/{shards,shards_image,shards_music} data/demo/chat/{train,val}.jsonl ;;
   part2_lm)
     export DEMO_MINUTES=${DEMO_MINUTES:-20}
     if ! lm_inputs && [ -f data/demo_lm_inputs.tgz ]; then tar -xzf data/demo_lm_inputs.tgz; fi
