@@ -37,8 +37,10 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 def variants(data_path: str | None = None) -> list[str]:
-    """espeak-ng's voice variants (``m3`` in ``en-us+m3``) in a data folder (None: the wheel's), sorted."""
-    if data_path is None:
+    """espeak-ng's voice variants (``m3`` in ``en-us+m3``) in a data folder, sorted. None: ``$ESPEAK_DATA_PATH``
+    where it is set (as espeak-ng reads it; the corpus plans need only its ``voices/!v`` names), else the wheel's."""
+    data_path = data_path or os.environ.get("ESPEAK_DATA_PATH")
+    if not data_path:
         import espeakng_loader
 
         data_path = espeakng_loader.get_data_path()

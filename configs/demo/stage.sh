@@ -50,7 +50,8 @@
 #                 build it on a CPU machine and carry it, so that the GPU's time goes to the LM
 #   part2_lm      part2_data where its inputs are missing (unpacking data/demo_lm_inputs.tgz first where there is
 #                 one), then stage lm (DEMO_MINUTES, default 20); ships the LM into OUT/weights (or
-#                 anygpt/demo/weights)
+#                 anygpt/demo/weights). Without the espeak-ng wheel (the GPU image) the text tokenizer and the voice
+#                 records still need its voice names: ESPEAK_DATA_PATH=DIR with a copy of its voices/!v in DIR/voices
 # A split whose finished shards already hold every line of its manifest is not tokenized again (whatever their size).
 # With OUT, part2_image, image_decoder_refine and part2_lm also write OUT/weights.tar (the shipped folders).
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,21 @@ def test_shards_of_another_plan_are_one_clear_error(tmp_path):
         build(tmp_path / "empty", tmp_path / "out.jsonl", counts=COUNTS)
     with pytest.raises(AnyGPTError, match="split 'dev' is not in the corpus plan"):
         build(tmp_path / "shards", tmp_path / "out.jsonl", split="dev", counts=COUNTS)
+
+
+def test_the_voices_come_from_espeak_data_path_where_it_is_set(tmp_path, monkeypatch):
+    """A machine without the espeak-ng wheel plans the same voices from a copy of its voices/!v names (stage.sh
+    part2_lm on the GPU machine)."""
+    import espeakng_loader
+
+    from anygpt.demo.espeak import variants
+
+    names = sorted(p.name for p in (Path(espeakng_loader.get_data_path()) / "voices" / "!v").iterdir())
+    (tmp_path / "voices" / "!v").mkdir(parents=True)
+    for name in names:
+        (tmp_path / "voices" / "!v" / name).touch()
+    expected = plan(0, COUNTS)
+    monkeypatch.setenv("ESPEAK_DATA_PATH", str(tmp_path))
+    assert plan(0, COUNTS) == expected
+    (tmp_path / "voices" / "!v" / names[0]).unlink()
+    assert variants() == names[1:]
