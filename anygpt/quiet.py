@@ -6,6 +6,7 @@ and real warnings stay. ``anygpt.cli.main`` installs them before the heavy impor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -45,3 +46,20 @@ def quiet_third_party() -> None:
             logger.addFilter(DropNotices(fragments))
     for pattern in WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextlib.contextmanager
+def no_loading_bars():
+    """diffusers' and transformers' progress bars off while a pipeline loads from a folder ("Loading pipeline
+    components", "Loading weights": one bar a component, nothing a user can act on), as they were afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anygpt.hub import resolve
+from anygpt.quiet import no_loading_bars
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -83,8 +84,9 @@ class UnCLIPDecoder(nn.Module):
             # the image encoder (CLIP ViT-H, 0.6 B params) only turns pictures into embeddings: never load it
             folder = resolve(source, ignore=SKIPPED_FILES)
             vae = load_decoder_only(folder / "vae")  # a folder shipped without the VAE's encoder
-            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, image_encoder=None, feature_extractor=None,
-                                                               **({"vae": vae} if vae is not None else {}))
+            with no_loading_bars():
+                pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, image_encoder=None, feature_extractor=None,
+                                                                   **({"vae": vae} if vae is not None else {}))
         else:
             raise ValueError("UnCLIPDecoder needs a source (repo id or folder) or ready components")
         pipe.set_progress_bar_config(disable=True)

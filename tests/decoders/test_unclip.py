@@ -220,3 +220,15 @@ def test_tiny_is_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(state, torch.random.get_rng_state())
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.unet.conv_in.weight, c.unet.conv_in.weight)
+
+
+def test_loading_a_folder_draws_no_progress_bars_and_leaves_them_on(decoder, tmp_path, capfd):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    decoder.pipe.save_pretrained(tmp_path / "saved")
+    capfd.readouterr()
+    UnCLIPDecoder(source=str(tmp_path / "saved"), num_inference_steps=STEPS)
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err, err
+    assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
