@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -195,17 +196,55 @@ def record_part(out: Path, name: str, ckpt: Path) -> None:
     (out / PROVENANCE).write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def kept_notes(card: Path) -> list[str]:
+    """The notes of an existing model card (its ``## Notes`` items), which a new card keeps."""
+    if not card.is_file():
+        return []
+    notes, inside = [], False
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line == "## Notes"
+        elif inside and line.startswith("- "):
+            notes.append(line[2:])
+    return notes
+
+
+def _corpus_lines(corpus: Path, scenes: Path, melodies: Path) -> list[str]:
+    lines = []
+    if corpus.is_file():
+        summary = json.loads(corpus.read_text())
+        lines += [f"Speech, seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
+        lines += [f"- {split}: {s['utterances']} utterances, {s['hours']} h, {s['voices']} voices, manifest sha256 "
+                  f"`{s['sha256'][:16]}`, audio sha256 `{s['audio_sha256'][:16]}`"
+                  for split, s in summary["splits"].items()] + [""]
+    if scenes.is_file():
+        summary = json.loads(scenes.read_text())
+        lines += [f"Scenes, seed {summary['seed']}, {summary['size']} px:", ""]
+        lines += [f"- {split}: {s['scenes']} scenes, manifest sha256 `{s['manifest_sha256']}`, pixels sha256 "
+                  f"`{s['pixels_sha256']}`" for split, s in summary["splits"].items()] + [""]
+    if melodies.is_file():
+        summary = json.loads(melodies.read_text())
+        lines += [f"Melodies, seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
+        lines += [f"- {split}: {s['clips']} melodies, {s['hours']} h, manifest sha256 `{s['manifest_sha256']}`, "
+                  f"audio sha256 `{s['audio_sha256']}`" for split, s in summary["splits"].items()] + [""]
+    return ["## Corpus", "", *lines] if lines else []
+
+
 def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corpus.json"),
-               figures: Path = Path("benchmarks/results/demo_speech.json"), notes: list[str] = ()) -> Path:
-    """``MODEL_CARD.md`` beside the weights: the corpus, how each part was trained (its run, else what
-    ``parts.json`` recorded when it shipped), the commit, the figures and free-text ``notes`` (how a run departed
-    from the documented stages, say)."""
+               figures: Path = Path("benchmarks/results/demo_speech.json"), notes: Sequence[str] = (),
+               scenes: Path = Path("data/demo/images/corpus.json"),
+               melodies: Path = Path("data/demo/music/corpus.json"),
+               media_figures: Path = Path("benchmarks/results/demo_media.json")) -> Path:
+    """``MODEL_CARD.md`` beside the weights: the corpora, how each part was trained (its run, else what
+    ``parts.json`` recorded when it shipped), the commit, the held-out figures of both benchmarks, the notes of the
+    card it replaces and free-text ``notes`` (how a run departed from the documented stages, say)."""
     shipped = shipped_parts(out)
     lines = ["# anygpt demo world", "",
              "A small AnyGPT trained by this project from nothing on its own worlds of espeak-ng speech, drawn scenes "
              "and synthesized melodies (`anygpt.demo`). Runs offline on the CPU: "
              "`anygpt predict --config configs/demo.yaml`.", "",
-             f"Shipped from commit `{_commit()}` by `python -m anygpt.demo.ship`.", "", "## Parts", ""]
+             f"Written at commit `{_commit()}` by `python -m anygpt.demo.ship`; each part says when it shipped.", "",
+             "## Parts", ""]
     for name in PARTS:
         config = f"configs/demo/{name}.yaml"
         ckpt = run_checkpoint(runs, name)
@@ -216,23 +255,19 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
         else:
             how = "not trained"
         lines.append(f"- `{name}` ({config}): {how}")
-    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE` for speech_codec, speech_codec_refine, speech_decoder, "
-              "soundstorm, tokenize, lm (repeat a training stage to train it further), then "
-              "`python -m anygpt.demo.ship`; see README, Demo world.", ""]
+    lines += ["", "Rebuild: `bash configs/demo/stage.sh STAGE`, the stages its header lists (part 1: speech_codec, "
+              "speech_codec_refine, speech_decoder, soundstorm, tokenize, lm; part 2: part2_image, part2_data, "
+              "part2_lm), each shipping with `python -m anygpt.demo.ship`; see README, Demo world.", ""]
+    notes = [*kept_notes(out / "MODEL_CARD.md"), *notes]
     if notes:
-        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    if corpus.is_file():
-        summary = json.loads(corpus.read_text())
-        lines += ["## Corpus", "", f"Seed {summary['seed']}, {summary['sample_rate']} Hz:", ""]
-        lines += [f"- {split}: {s['utterances']} utterances, {s['hours']} h, {s['voices']} voices, manifest sha256 "
-                  f"`{s['sha256'][:16]}`, audio sha256 `{s['audio_sha256'][:16]}`"
-                  for split, s in summary["splits"].items()]
-        lines.append("")
-    if figures.is_file():
-        result = json.loads(figures.read_text())
-        lines += ["## Held-out figures (`python benchmarks/demo_speech.py`)", "", "```",
-                  json.dumps({k: result[k] for k in ("count", "asr", "tts", "zero_shot", "codec") if k in result},
-                             indent=1), "```", ""]
+        lines += ["## Notes", "", *[f"- {note}" for note in dict.fromkeys(notes)], ""]
+    lines += _corpus_lines(corpus, scenes, melodies)
+    for path, command, keys in ((figures, "benchmarks/demo_speech.py", ("count", "asr", "tts", "zero_shot", "codec")),
+                                (media_figures, "benchmarks/demo_media.py", ("image", "music", "chat"))):
+        if path.is_file():
+            result = json.loads(path.read_text())
+            lines += [f"## Held-out figures (`python {command}`)", "", "```",
+                      json.dumps({k: result[k] for k in keys if k in result}, indent=1), "```", ""]
     path = out / "MODEL_CARD.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -62,11 +62,33 @@ def test_a_checkpoint_without_the_part_is_one_line(tmp_path):
 def test_the_model_card_names_untrained_parts_and_carries_the_notes(tmp_path):
     from anygpt.demo.ship import write_card
 
-    card = write_card(tmp_path / "runs", tmp_path, corpus=tmp_path / "none.json", figures=tmp_path / "none.json",
-                      notes=["the codec saw the first 20000 utterances"]).read_text()
+    none = tmp_path / "none.json"
+    card = write_card(tmp_path / "runs", tmp_path, corpus=none, figures=none, scenes=none, melodies=none,
+                      media_figures=none, notes=["the codec saw the first 20000 utterances"]).read_text()
     assert "- `lm` (configs/demo/lm.yaml): not trained" in card
     assert "## Notes\n\n- the codec saw the first 20000 utterances" in card
-    assert "## Corpus" not in card
+    assert "## Corpus" not in card and "## Held-out figures" not in card
+
+
+def test_a_new_card_keeps_the_notes_of_the_one_it_replaces_and_shows_both_benchmarks(tmp_path):
+    import json
+
+    from anygpt.demo.ship import write_card
+
+    none = tmp_path / "none.json"
+    (tmp_path / "media.json").write_text(json.dumps({"image": {"count": 3}, "load_s": 1.0}))
+    (tmp_path / "scenes.json").write_text(json.dumps({"seed": 0, "size": 64, "splits": {"train": {
+        "scenes": 7, "manifest_sha256": "abc", "pixels_sha256": "def"}}}))
+    common = dict(corpus=none, figures=none, scenes=tmp_path / "scenes.json", melodies=none,
+                  media_figures=tmp_path / "media.json")
+    write_card(tmp_path / "runs", tmp_path, notes=["part 1: how the codec was trained"], **common)
+    card = write_card(tmp_path / "runs", tmp_path, notes=["part 2: how the LM was trained"], **common).read_text()
+    assert "## Notes\n\n- part 1: how the codec was trained\n- part 2: how the LM was trained\n" in card
+    card = write_card(tmp_path / "runs", tmp_path, notes=["part 2: how the LM was trained"], **common).read_text()
+    assert card.count("part 2: how the LM was trained") == 1
+    assert "- train: 7 scenes, manifest sha256 `abc`, pixels sha256 `def`" in card
+    assert "## Held-out figures (`python benchmarks/demo_media.py`)" in card and '"count": 3' in card
+    assert "load_s" not in card
 
 
 def test_music_codec_ships_as_a_half_precision_folder_with_its_harmonic_branch(tmp_path):
@@ -165,8 +187,9 @@ def test_the_card_of_a_later_session_says_how_a_shipped_part_was_trained(tmp_pat
     torch.save({"global_step": 4791, "callbacks": {"Timer": {"time_elapsed": {"train": 450.0}}}},
                tmp_path / "best.ckpt")
     record_part(tmp_path, "music_codec", tmp_path / "best.ckpt")
-    card = write_card(tmp_path / "gone", tmp_path, corpus=tmp_path / "none.json",
-                      figures=tmp_path / "none.json").read_text()
+    none = tmp_path / "none.json"
+    card = write_card(tmp_path / "gone", tmp_path, corpus=none, figures=none, scenes=none, melodies=none,
+                      media_figures=none).read_text()
     assert "- `music_codec` (configs/demo/music_codec.yaml): 4791 steps, 7.5 min of training (shipped at commit" in card
     assert "- `lm` (configs/demo/lm.yaml): not trained" in card
 
