@@ -6,8 +6,10 @@ Three ceilings of the text -> image and image -> text goals (``benchmarks/demo_m
 - round trip: picture -> 32 codes -> unCLIP decoder -> picture, single- and two-shape held-out scenes;
 - teacher: the UNet drawing from the teacher's own embedding (the VAE latent pooled as ``LatentEmbedder`` pools it,
   with ``--vae``), single shapes by size: what the decoder can do with perfect codes;
-- probe: an MLP on the codes of rendered training-split scenes names the shape (and colour) of held-out-size ones,
-  by size: how much of a small shape the codes keep at all (on the teacher too, with ``--vae``).
+- probe: an MLP on the codes of rendered training-split scenes names the shape (and colour) of other
+  training-split scenes and of the held-out split's single shapes (combinations training never saw), by size: how
+  much of a shape the codes keep, and how well a reader of codes carries over to new combinations, as the LM must
+  (on the teacher too, with ``--vae``).
 
     python benchmarks/demo_image_codec.py --codec anygpt/demo/weights/image_codec
     python benchmarks/demo_image_codec.py --codec runs/demo/image_codec/export --vae runs/demo/image_vae/diffusers
@@ -57,8 +59,11 @@ def by_group(flags: list[bool], groups: list[str]) -> dict[str, float]:
     return {group: float(np.mean(values)) for group, values in sorted(table.items())}
 
 
-def probe(features: torch.Tensor, labels: torch.Tensor, small: torch.Tensor, train: int, seed: int) -> dict:
-    """Held-out accuracy of a one-hidden-layer MLP fitted on the first ``train`` rows (full batch, 300 steps)."""
+def probe(features: torch.Tensor, labels: torch.Tensor, small: torch.Tensor, train: int, seed: int,
+          heldout: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict:
+    """Accuracy of a one-hidden-layer MLP fitted on the first ``train`` rows (full batch, 300 steps): on the other
+    rows (the training split's combinations) and on ``heldout`` (features, labels, small) of combinations that
+    training never saw, by shape size."""
     torch.manual_seed(seed)
     mlp = torch.nn.Sequential(torch.nn.Linear(features.shape[1], 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, int(labels.max()) + 1))
@@ -67,17 +72,23 @@ def probe(features: torch.Tensor, labels: torch.Tensor, small: torch.Tensor, tra
         optimizer.zero_grad()
         F.cross_entropy(mlp(features[:train]), labels[:train]).backward()
         optimizer.step()
+    out = {}
     with torch.no_grad():
-        hit = (mlp(features[train:]).argmax(1) == labels[train:]).float()
-    rest = small[train:]
-    return {"small": float(hit[rest].mean()), "big": float(hit[~rest].mean())}
+        for prefix, (x, y, tiny) in (("", (features[train:], labels[train:], small[train:])), ("heldout_", heldout)):
+            hit = (mlp(x).argmax(1) == y).float()
+            out |= {f"{prefix}small": float(hit[tiny].mean()), f"{prefix}big": float(hit[~tiny].mean())}
+    return out
 
 
 def probes(codec, teacher, count: int, seed: int, folder: Path) -> dict:
+    """The probes of shape and colour on the codes (and the teacher), fitted on ``count`` training-split scenes and
+    judged on others of the training split and on the held-out split's single shapes (heldout.jsonl)."""
+    from anygpt.demo.heldout import picture, read
     from anygpt.demo.scenes import plan, render
 
     scenes = [s for s in plan(seed, {"train": count, "val": 0, "test": 0})["train"] if len(s["shapes"]) == 1]
-    images = [render(scene) for scene in scenes]
+    held = [line for line in read(modality="image") if "color" in line["attributes"]]
+    images = [render(scene) for scene in scenes] + [picture(line) for line in held]
     paths = [folder / f"probe_{i:05d}.png" for i in range(len(images))]
     for image, path in zip(images, paths):
         image.save(path)
@@ -87,15 +98,17 @@ def probes(codec, teacher, count: int, seed: int, folder: Path) -> dict:
     if teacher is not None:
         batch = pixels(images)
         inputs["teacher"] = torch.cat([teacher(batch[i: i + 256]) for i in range(0, len(batch), 256)])
-    small = torch.tensor([s["shapes"][0]["size"] == "small" for s in scenes])
-    train = int(0.8 * len(scenes))
-    out = {"scenes": len(scenes), "train": train}
+    firsts = [scene["shapes"][0] for scene in scenes] + [line["attributes"] for line in held]
+    small = torch.tensor([shape["size"] == "small" for shape in firsts])
+    train, n = int(0.8 * len(scenes)), len(scenes)
+    out = {"scenes": len(scenes), "train": train, "heldout": len(held)}
     for key in ("shape", "color"):
-        names = sorted({s["shapes"][0][key] for s in scenes})
-        labels = torch.tensor([names.index(s["shapes"][0][key]) for s in scenes])
+        names = sorted({shape[key] for shape in firsts})
+        labels = torch.tensor([names.index(shape[key]) for shape in firsts])
         for name, x in inputs.items():
-            x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-            out[f"{name}_{key}"] = probe(x, labels, small, train, seed)
+            x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
+            out[f"{name}_{key}"] = probe(x[:n], labels[:n], small[:n], train, seed,
+                                         (x[n:], labels[n:], small[n:]))
     return out
 
 
@@ -137,7 +150,7 @@ def main() -> None:
     if args.probe:
         result["probe"] = probes(codec, teacher, args.probe, args.seed, folder)
     write_json(args.out, result)
-    print(f"{'measure':<34} {'all':>7} {'big':>7} {'small':>7} {'several':>8}")
+    print(f"{'measure':<34} {'all':>7} {'big':>7} {'small':>7} {'several':>8}   (probes: training split | held-out)")
     rows = [("round trip right", result["round_trip"])]
     rows += [("UNet from the teacher", result["teacher"])] if "teacher" in result else []
     for name, row in rows:
@@ -146,7 +159,8 @@ def main() -> None:
               (f" {100 * row['several']:>7.1f}%" if "several" in row else "      n/a"))
     for key, value in result.get("probe", {}).items():
         if isinstance(value, dict):
-            print(f"{'probe: ' + key:<34} {'':>7} {100 * value['big']:>6.1f}% {100 * value['small']:>6.1f}%")
+            print(f"{'probe: ' + key:<34} {'':>7} {100 * value['big']:>6.1f}% {100 * value['small']:>6.1f}%   "
+                  f"| {100 * value['heldout_big']:>5.1f}% {100 * value['heldout_small']:>5.1f}%")
 
 
 if __name__ == "__main__":
