@@ -3,7 +3,8 @@
 ``UnCLIPTrainer(embedder=...)`` conditions its UNet on what one of these gives for each training image. The released
 SD-2.1-unCLIP was trained on CLIP ViT-H/14 image embeddings (``CLIPImageEmbedder``); SEED-2's 1024-d output is a
 stand-in for those. ``MeanColourEmbedder`` and ``RandomConvEmbedder`` are cheap fixed maps for tests and tiny runs;
-``LatentEmbedder`` is a trained VAE's latent grid, the teacher of codecs trained from scratch.
+``LatentEmbedder`` is a trained VAE's latent grid, the teacher of codecs trained from scratch;
+``ConcatEmbedder`` puts several side by side.
 All are frozen: no parameters train, and their weights are drawn from a seed (or loaded), never from the global RNG.
 """
 
@@ -167,6 +168,33 @@ class CLIPImageEmbedder(_Frozen):
         pixels = ((pixels - self.mean) / self.std).to(self.model.dtype)
         return self.model(pixel_values=pixels).image_embeds.float()
 
+
+
+class ConcatEmbedder(_Frozen):
+    """Several embedders' embeddings side by side, in their order: ``[B, sum of their widths]``.
+
+    A codec's teacher may have to say two things: the layout that the demo's unCLIP UNet reads as a spatial grid
+    (``LatentEmbedder``, first, so that its values fill the grid's first channels) and the meaning that a language
+    model reads off the codes (``CLIPImageEmbedder`` of a caption-aligned CLIP, ``clip_teacher``).
+
+    Args:
+        embedders: The embedders, in order.
+        weights: A factor per embedder on its embedding (to balance their scales); None: 1 each.
+    """
+
+    def __init__(self, embedders: list[nn.Module], weights: list[float] | None = None):
+        super().__init__()
+        weights = [1.0] * len(embedders) if weights is None else [float(w) for w in weights]
+        if not embedders or len(weights) != len(embedders):
+            raise AnyGPTError(f"ConcatEmbedder: needs one or more embedders and a weight for each, got "
+                              f"{len(embedders)} embedders and {len(weights)} weights")
+        self.embedders = nn.ModuleList(embedders)
+        self.weights = weights
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images)
+        return torch.cat([w * e(images).float() for e, w in zip(self.embedders, self.weights)], dim=-1)
 
 def embeddings_of(batch: dict, embedder: nn.Module | None, dim: int) -> Tensor:
     """``[B, dim]`` float32 embeddings of a batch's ``image``: ``embedder``'s (moved to the images' device), or

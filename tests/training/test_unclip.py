@@ -313,3 +313,17 @@ def test_bad_vae_inputs_are_one_clear_line(tmp_path, data):
         with pytest.raises(AnyGPTError, match=words) as err:
             make()
         assert "\n" not in str(err.value)
+
+
+def test_concat_embedder_puts_embeddings_side_by_side_in_order(data):
+    from anygpt.training.image_embedders import ConcatEmbedder
+
+    images = data["images"][:3]
+    colour, conv = MeanColourEmbedder(dim=4, seed=0), RandomConvEmbedder(dim=5, seed=0)
+    both = ConcatEmbedder([colour, conv], weights=[1.0, 0.5])
+    torch.testing.assert_close(both(images), torch.cat([colour(images), 0.5 * conv(images)], dim=-1))
+    assert both(images).shape == (3, 9) and not any(p.requires_grad for p in both.parameters())
+    with pytest.raises(AnyGPTError, match="a weight for each"):
+        ConcatEmbedder([colour, conv], weights=[1.0])
+    with pytest.raises(AnyGPTError, match="a weight for each"):
+        ConcatEmbedder([])
