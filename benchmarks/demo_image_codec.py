@@ -102,11 +102,11 @@ def probes(codec, teacher, count: int, seed: int, folder: Path) -> dict:
     small = torch.tensor([shape["size"] == "small" for shape in firsts])
     train, n = int(0.8 * len(scenes)), len(scenes)
     out = {"scenes": len(scenes), "train": train, "heldout": len(held)}
+    inputs = {name: (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6) for name, x in inputs.items()}
     for key in ("shape", "color"):
         names = sorted({shape[key] for shape in firsts})
         labels = torch.tensor([names.index(shape[key]) for shape in firsts])
         for name, x in inputs.items():
-            x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
             out[f"{name}_{key}"] = probe(x[:n], labels[:n], small[:n], train, seed,
                                          (x[n:], labels[n:], small[n:]))
     return out

@@ -13,6 +13,7 @@ file: the same words get the same ids on every machine).
 
 from __future__ import annotations
 
+import copy
 import zlib
 
 import torch
@@ -120,7 +121,7 @@ class CLIPTeacherTrainer(LightningModule):
         """The image tower and its projection as a ``CLIPVisionModelWithProjection`` folder."""
         from transformers import CLIPVisionModelWithProjection
 
-        config = self.clip.config.vision_config
+        config = copy.deepcopy(self.clip.config.vision_config)  # the trained model's own config stays as it is
         config.projection_dim = self.clip.config.projection_dim
         tower = CLIPVisionModelWithProjection(config)
         tower.vision_model.load_state_dict(self.clip.vision_model.state_dict())
