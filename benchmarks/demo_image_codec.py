@@ -5,14 +5,16 @@ Three ceilings of the text -> image and image -> text goals (``benchmarks/demo_m
 
 - round trip: picture -> 32 codes -> unCLIP decoder -> picture, single- and two-shape held-out scenes;
 - teacher: the UNet drawing from the teacher's own embedding (the VAE latent pooled as ``LatentEmbedder`` pools it,
-  with ``--vae``), single shapes by size: what the decoder can do with perfect codes;
+  with ``--vae``; then the caption-aligned CLIP's, with ``--clip``, as ``configs/demo/image_codec.yaml`` joins them),
+  single shapes by size: what the decoder can do with perfect codes;
 - probe: an MLP on the codes of rendered training-split scenes names the shape (and colour) of other
   training-split scenes and of the held-out split's single shapes (combinations training never saw), by size: how
   much of a shape the codes keep, and how well a reader of codes carries over to new combinations, as the LM must
-  (on the teacher too, with ``--vae``).
+  (on the teacher too, with ``--vae``; on each of its parts, with ``--clip`` too).
 
     python benchmarks/demo_image_codec.py --codec anygpt/demo/weights/image_codec
-    python benchmarks/demo_image_codec.py --codec runs/demo/image_codec/export --vae runs/demo/image_vae/diffusers
+    python benchmarks/demo_image_codec.py --codec runs/demo/image_codec/export --vae runs/demo/image_vae/diffusers \
+        --clip runs/demo/image_teacher/clip
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def probes(codec, teacher, count: int, seed: int, folder: Path) -> dict:
     inputs = {"codes": F.one_hot(codes.long(), codec.model.quantize.embedding.weight.shape[0]).flatten(1).float()}
     if teacher is not None:
         batch = pixels(images)
-        inputs["teacher"] = torch.cat([teacher(batch[i: i + 256]) for i in range(0, len(batch), 256)])
+        parts = {"teacher": teacher} | {f"teacher_{type(e).__name__}": e for e in getattr(teacher, "embedders", [])}
+        for name, embedder in parts.items():
+            inputs[name] = torch.cat([embedder(batch[i: i + 256]) for i in range(0, len(batch), 256)])
     firsts = [scene["shapes"][0] for scene in scenes] + [line["attributes"] for line in held]
     small = torch.tensor([shape["size"] == "small" for shape in firsts])
     train, n = int(0.8 * len(scenes)), len(scenes)
@@ -116,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", default="anygpt/demo/weights/image_codec", help="a shipped or exported codec folder")
     parser.add_argument("--vae", help="the full VAE (with its encoder) of the teacher, for the teacher rows")
+    parser.add_argument("--clip", help="the caption-aligned CLIP that teaches the codec beside the VAE (image_teacher)")
     parser.add_argument("--count", type=int, default=80, help="held-out scenes (single and two-shape)")
     parser.add_argument("--probe", type=int, default=6000, help="training-split scenes drawn for the probe")
     parser.add_argument("--steps", type=int, default=25, help="diffusion steps")
@@ -139,9 +144,11 @@ def main() -> None:
               "round_trip": by_group([right(p, line["attributes"]) for p, line in zip(decoded, lines)], groups)}
     teacher = None
     if args.vae:
-        from anygpt.training.image_embedders import LatentEmbedder
+        from anygpt.training.image_embedders import CLIPImageEmbedder, ConcatEmbedder, LatentEmbedder
 
         teacher = LatentEmbedder(args.vae, pool=2)
+        if args.clip:
+            teacher = ConcatEmbedder([teacher, CLIPImageEmbedder(args.clip)])
         single = [line for line in lines if "color" in line["attributes"]]
         drawn = codec.decoder.decode(teacher(pixels([picture(line) for line in single])),
                                      seeds=list(range(len(single))))

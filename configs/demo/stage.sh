@@ -18,8 +18,11 @@
 #                 (configs/demo/music_codec.yaml)
 #   image_vae     part 2: the scene corpus (anygpt.demo.scenes) if missing; train the image decoder's VAE
 #                 (configs/demo/image_vae.yaml)
+#   image_teacher part 2: the scene corpus if missing; train the image codec's semantic teacher, a small CLIP on the
+#                 scene captions (configs/demo/image_teacher.yaml); it exports runs/demo/image_teacher/clip
 #   image_codec   part 2: the SEED-style image codec and its unCLIP UNet together (configs/demo/image_codec.yaml),
-#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers); it exports
+#                 on the VAE that image_vae exported (runs/demo/image_vae/diffusers), taught by that VAE's latent grid
+#                 and image_teacher's CLIP embedding side by side; it exports
 #                 runs/demo/image_codec/export
 #   image_decoder part 2: the image codec's code decoder and UNet trained on with its codes frozen
 #                 (configs/demo/image_decoder.yaml, from runs/demo/image_codec/export): the image tokens, and an LM
@@ -34,10 +37,11 @@
 #                 codec changed, delete the records, not the cache); train the LM on every direction and the chat
 #                 (configs/demo/lm.yaml)
 # Part 2 in three steps, each shipping or packing what the next one reads (the GPU ones under 30 minutes):
-#   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 3.5), the image codec (DEMO_IMAGE_MINUTES,
-#                 default 12) and the image decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships
-#                 the image codec into OUT/weights (or anygpt/demo/weights): about 22 minutes; OUT also gets
-#                 part2_image_runs.tgz, the metrics and the whole VAE (benchmarks/demo_image_codec.py --vae reads it)
+#   part2_image   the scene corpus, the image VAE (DEMO_VAE_MINUTES, default 3.5) and teacher (DEMO_TEACHER_MINUTES,
+#                 default 4) where not yet exported, the image codec (DEMO_IMAGE_MINUTES, default 12) and the image
+#                 decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships the image codec into
+#                 OUT/weights (or anygpt/demo/weights): about 22-30 minutes; OUT also gets part2_image_runs.tgz, the
+#                 metrics, the whole VAE and the teacher (benchmarks/demo_image_codec.py --vae and --clip read them)
 #   image_decoder_refine  the shipped image decoder (anygpt/demo/weights/image_codec) trained on with its codes
 #                 frozen, as stage image_decoder but started from the shipped files and the VAE of stage image_vae
 #                 (runs/demo/image_vae/diffusers: the shipped one has no encoder) for DEMO_DECODER_MINUTES (default
@@ -46,9 +50,9 @@
 #   part2_data    every input of the LM: the speech, melody and scene corpora side by side, their token shards by
 #                 the shipped codecs (the speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their
 #                 codecs encode one clip at a time, ~40 and ~24 items/s on the H200, ~28 and ~10 on 2 CPU cores) and
-#                 the chat and voice-prompt records; then data/demo_lm_inputs.tgz (~17 MB), which part2_lm unpacks:
+#                 the chat and voice-prompt records; then data/demo_lm_inputs.txz (~9 MB), which part2_lm unpacks:
 #                 build it on a CPU machine and carry it, so that the GPU's time goes to the LM
-#   part2_lm      part2_data where its inputs are missing (unpacking data/demo_lm_inputs.tgz first where there is
+#   part2_lm      part2_data where its inputs are missing (unpacking data/demo_lm_inputs.txz first where there is
 #                 one), then stage lm (DEMO_MINUTES, default 20); ships the LM into OUT/weights (or
 #                 anygpt/demo/weights). Without the espeak-ng wheel (the GPU image) the text tokenizer and the voice
 #                 records still need its voice names: ESPEAK_DATA_PATH=DIR with a copy of its voices/!v in DIR/voices
@@ -191,6 +195,7 @@ case "$stage" in
     voice_records; chat; fit configs/demo/lm.yaml lm; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
+  image_teacher) scenes; fit configs/demo/image_teacher.yaml image_teacher; pack image_teacher ;;
   image_codec) scenes; fit configs/demo/image_codec.yaml image_codec; pack image_codec ;;
   image_decoder) scenes; fit configs/demo/image_decoder.yaml image_decoder; pack image_decoder ;;
   tokenize_image)
@@ -201,14 +206,17 @@ case "$stage" in
     [ -z "$out" ] || tar -cf "$out/shards_music.tar" data/demo/shards_music ;;
   part2_image)
     scenes
-    minutes=${DEMO_VAE_MINUTES:-3.5} fit configs/demo/image_vae.yaml image_vae
+    [ -f runs/demo/image_vae/diffusers/config.json ] || minutes=${DEMO_VAE_MINUTES:-3.5} fit configs/demo/image_vae.yaml image_vae
+    [ -f runs/demo/image_teacher/clip/config.json ] || minutes=${DEMO_TEACHER_MINUTES:-4} fit \
+      configs/demo/image_teacher.yaml image_teacher
     minutes=${DEMO_IMAGE_MINUTES:-12} fit configs/demo/image_codec.yaml image_codec
     minutes=${DEMO_DECODER_MINUTES:-5} fit configs/demo/image_decoder.yaml image_decoder
     # image_decoder writes over image_codec's folder; shipping both records both runs in parts.json for the card
     ship_tar image_codec image_decoder
     if [ -n "$out" ]; then
       shopt -s nullglob; metrics=(runs/demo/image_*_logs/version_0/metrics.csv); shopt -u nullglob
-      tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json runs/demo/image_vae/diffusers
+      tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json runs/demo/image_vae/diffusers \
+        runs/demo/image_teacher/clip
     fi ;;
   image_decoder_refine)
     scenes
@@ -228,10 +236,10 @@ case "$stage" in
     ) > runs/demo/chat.log 2>&1 &
     wait_all || { tail -n 5 runs/demo/{speech,music,image,chat}.log >&2; exit 1; }
     voice_records  # seconds from the shards: stage lm rebuilds them rather than carry 140 MB
-    tar -czf data/demo_lm_inputs.tgz data/demo/{shards,shards_image,shards_music} data/demo/chat/{train,val}.jsonl ;;
+    tar -cJf data/demo_lm_inputs.txz data/demo/{shards,shards_image,shards_music} data/demo/chat/{train,val}.jsonl ;;
   part2_lm)
     export DEMO_MINUTES=${DEMO_MINUTES:-20}
-    if ! lm_inputs && [ -f data/demo_lm_inputs.tgz ]; then tar -xzf data/demo_lm_inputs.tgz; fi
+    if ! lm_inputs && [ -f data/demo_lm_inputs.txz ]; then tar -xJf data/demo_lm_inputs.txz; fi
     lm_inputs || bash "$0" part2_data
     bash "$0" lm
     ship_tar lm ;;
