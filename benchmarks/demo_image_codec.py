@@ -144,7 +144,11 @@ def main() -> None:
               "round_trip": by_group([right(p, line["attributes"]) for p, line in zip(decoded, lines)], groups)}
     teacher = None
     if args.vae:
-        from anygpt.training.image_embedders import CLIPImageEmbedder, ConcatEmbedder, LatentEmbedder
+        from anygpt.training.image_embedders import (
+            CLIPImageEmbedder,
+            ConcatEmbedder,
+            LatentEmbedder,
+        )
 
         teacher = LatentEmbedder(args.vae, pool=2)
         if args.clip:
