@@ -85,22 +85,32 @@ def ship_music_codec(ckpt: Path, out: Path) -> Path:
 
 
 def ship_image_codec(ckpt: Path, out: Path) -> Path:
-    """A joint ``SeedTrainer`` fit checkpoint, half precision, into ``out/image_codec``: the codec's
-    ``seed_quantizer.pt`` (less its training-only query-reconstruction head, ``RECON_HEAD``: 0.23 MB of the
-    demo's), ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a diffusers pipeline
-    folder ``decoder/`` whose VAE keeps its decoder only (``anygpt.decoders.decoder_only_vae``)."""
-    from anygpt.training.image_codec import SeedTrainer
+    """A joint ``SeedTrainer`` fit checkpoint (or the ``export`` folder such a fit wrote), half precision, into
+    ``out/image_codec``: the codec's ``seed_quantizer.pt`` (less its training-only query-reconstruction head,
+    ``RECON_HEAD``: 0.23 MB of the demo's), ``eva_vit_g.pth`` and ``seed_config.json`` and its unCLIP decoder as a
+    diffusers pipeline folder ``decoder/`` whose VAE keeps its decoder only (``anygpt.decoders.decoder_only_vae``)."""
+    from safetensors.torch import load_file, save_file
+
+    from anygpt.decoders.decoder_only_vae import strip_encoder
 
     folder = out / "image_codec"
     if folder.exists():
         shutil.rmtree(folder)
-    trained = SeedTrainer.load_from_checkpoint(ckpt, map_location="cpu", embedder=None)
-    if trained.unclip is None:
-        raise AnyGPTError(f"{ckpt}: a SeedTrainer run without its unCLIP decoder (joint training): nothing draws")
-    from anygpt.decoders.decoder_only_vae import strip_encoder
+    if ckpt.is_dir():
+        if not (ckpt / "decoder" / "model_index.json").is_file():
+            raise AnyGPTError(f"{ckpt}: a SeedTrainer export without its unCLIP decoder/ (joint training): nothing "
+                              f"draws")
+        shutil.copytree(ckpt, folder)
+        for weights in (folder / "decoder").glob("*/*.safetensors"):
+            save_file(_half(load_file(weights)), weights)
+    else:
+        from anygpt.training.image_codec import SeedTrainer
 
-    trained.unclip.decoder.pipe.to(torch.float16)
-    trained.export(str(folder))  # the codec's files and decoder/
+        trained = SeedTrainer.load_from_checkpoint(ckpt, map_location="cpu", embedder=None)
+        if trained.unclip is None:
+            raise AnyGPTError(f"{ckpt}: a SeedTrainer run without its unCLIP decoder (joint training): nothing draws")
+        trained.unclip.decoder.pipe.to(torch.float16)
+        trained.export(str(folder))  # the codec's files and decoder/
     from anygpt.tokenizers.seed.model import RECON_HEAD
 
     for name in ("seed_quantizer.pt", "eva_vit_g.pth"):
@@ -133,6 +143,7 @@ def ship_lm(ckpt: Path, out: Path) -> Path:
     return path
 
 
+FROM_EXPORT = ("image_codec", "image_decoder")
 PARTS = {"speech_codec": ship_speech_codec, "speech_decoder": ship_speech_codec, "soundstorm": ship_soundstorm,
          "music_codec": ship_music_codec, "image_codec": ship_image_codec, "image_decoder": ship_image_codec,
          "lm": ship_lm}
@@ -162,12 +173,19 @@ def write_clips(count: int = 4, folder: Path = CLIPS, media: int = 2) -> list[Pa
 
 
 def run_checkpoint(runs: Path, name: str) -> Path:
-    """A run's ``best.ckpt`` (lowest validation loss, where its config keeps one), else its ``last.ckpt``."""
-    best = runs / name / "best.ckpt"
-    return best if best.is_file() else runs / name / "last.ckpt"
+    """A run's ``best.ckpt`` (lowest validation loss, where its config keeps one), else its ``last.ckpt``; an image
+    codec run kept without its checkpoints ships from its ``export`` folder."""
+    best, last, export = runs / name / "best.ckpt", runs / name / "last.ckpt", runs / name / "export"
+    if not best.is_file() and not last.is_file() and name in FROM_EXPORT and export.is_dir():
+        return export
+    return best if best.is_file() else last
 
 
 def _training(ckpt: Path) -> str:
+    if ckpt.is_dir():  # an export folder: its run's metrics say how far it trained
+        metrics = ckpt.parent.parent / f"{ckpt.parent.name}_logs" / "version_0" / "metrics.csv"
+        steps = metrics.read_text().strip().splitlines()[-1].split(",")[1] if metrics.is_file() else "?"
+        return f"{steps} steps (shipped from its export folder; the checkpoint was not kept)"
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     seconds = checkpoint.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
     return f"{checkpoint['global_step']} steps, {seconds / 60:.1f} min of training"
@@ -248,7 +266,7 @@ def write_card(runs: Path, out: Path, corpus: Path = Path("data/demo/speech/corp
     for name in PARTS:
         config = f"configs/demo/{name}.yaml"
         ckpt = run_checkpoint(runs, name)
-        if ckpt.is_file():
+        if ckpt.exists():
             how = _training(ckpt)
         elif name in shipped:
             how = f"{shipped[name]['training']} (shipped at commit {shipped[name]['commit']})"
@@ -286,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, ship in ((name, PARTS[name]) for name in PARTS if name in args.parts):
         ckpt = run_checkpoint(runs, name)
-        if ckpt.is_file():
+        if ckpt.exists():
             print(f"{name}: {ship(ckpt, out)}")
             record_part(out, name, ckpt)
         else:

@@ -114,12 +114,14 @@ def test_music_codec_ships_as_a_half_precision_folder_with_its_harmonic_branch(t
     assert loaded.decode([b])[0].shape[-1] == len(b) // loaded.num_codebooks * loaded.hop_length == 32000
 
 
-def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
+@pytest.mark.parametrize("source", ["checkpoint", "export"])
+def test_image_codec_ships_with_its_unclip_decoder(tmp_path, source):
     import json
     from pathlib import Path
 
     import lightning
     import yaml
+    from safetensors.torch import load_file
 
     from anygpt.decoders.unclip import UnCLIPDecoder
     from anygpt.demo.ship import ship_image_codec
@@ -135,11 +137,16 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
                   "pytorch-lightning_version": lightning.__version__}
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "last.ckpt")
-    folder = ship_image_codec(tmp_path / "last.ckpt", tmp_path / "weights")
+    module.export(str(tmp_path / "export"))  # what a fit writes when it ends (export_dir)
+    folder = ship_image_codec(tmp_path / ("last.ckpt" if source == "checkpoint" else "export"), tmp_path / "weights")
     shipped = torch.load(folder / "seed_quantizer.pt")
     assert {v.dtype for v in shipped.values() if v.is_floating_point()} == {torch.float16}
     assert "pos_embed" not in shipped and not [k for k in shipped if k.startswith("blocks.")]  # training only
     assert "pos_embed_image" in shipped and [k for k in shipped if k.startswith("blocks_image.")]
+    unet = load_file(folder / "decoder" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in unet.values()} == {torch.float16}
+    vae = load_file(folder / "decoder" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert vae and not [k for k in vae if k.startswith("encoder.")]  # decoding never encodes
     decoder = UnCLIPDecoder(source=str(folder / "decoder"), num_inference_steps=2)
     codec = SeedImageCodec(quantizer=str(folder / "seed_quantizer.pt"), visual=str(folder / "eva_vit_g.pth"),
                            config=json.loads((folder / "seed_config.json").read_text()), decoder=decoder)
@@ -153,6 +160,19 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path):
     assert all((a == b).float().mean() > 0.9 for a, b in zip(expected, got))  # half precision moves few codes
     decoded = codec.decode(got, seeds=[0, 1, 2])
     assert [p.size for p in decoded] == [decoder.image_size[::-1]] * 3
+
+
+def test_an_image_codec_run_without_checkpoints_ships_from_its_export_and_others_do_not(tmp_path):
+    from anygpt.demo.ship import run_checkpoint, ship_image_codec
+
+    for name in ("image_codec", "music_codec"):
+        (tmp_path / name / "export").mkdir(parents=True)
+    assert run_checkpoint(tmp_path, "image_codec") == tmp_path / "image_codec" / "export"
+    assert run_checkpoint(tmp_path, "music_codec") == tmp_path / "music_codec" / "last.ckpt"
+    (tmp_path / "image_codec" / "last.ckpt").touch()
+    assert run_checkpoint(tmp_path, "image_codec") == tmp_path / "image_codec" / "last.ckpt"
+    with pytest.raises(AnyGPTError, match="export without its unCLIP decoder"):
+        ship_image_codec(tmp_path / "image_codec" / "export", tmp_path / "weights")
 
 
 def test_the_lm_ships_with_one_tokenizer_config_less_and_both_tokenizers_read_it(tmp_path):
