@@ -24,7 +24,7 @@ from anygpt import AnyGPTError
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "int8")
 _SPACE = "\u2581"
 _CAPTIONS = ["A red fox sleeping under a maple tree in autumn, with 3 small birds nearby",
              "  Two leading spaces, then text.", "Trailing spaces stay here.   ",
@@ -44,7 +44,9 @@ def export(ckpt_path: str | os.PathLike, output_dir: str | os.PathLike, max_shar
         output_dir: The folder to create; it must not exist or be empty.
         max_shard_size: Largest weight file (``"5GB"``, ``"500MB"``, ``"2GiB"`` or bytes); bigger models get several
             files and an index.
-        dtype: Weight dtype of the export (``float32``, ``bfloat16``, ``float16``); None keeps the checkpoint's.
+        dtype: Weight dtype of the export (``float32``, ``bfloat16``, ``float16``; ``int8``: weight-only int8 with
+            a float16 scale per row, ``anygpt.lm.int8_weights``, which ``UnifiedLM`` reads); None keeps the
+            checkpoint's.
 
     Returns:
         The output folder.
@@ -66,7 +68,7 @@ def export(ckpt_path: str | os.PathLike, output_dir: str | os.PathLike, max_shar
     model = model_from_checkpoint(ckpt_path)
     backbone = _plain_backbone(model, ckpt_path)
     if dtype is not None:
-        backbone.to(getattr(torch, dtype))
+        backbone.to(torch.float16 if dtype == "int8" else getattr(torch, dtype))
     if backbone.config._attn_implementation == PACKED:
         backbone.config._attn_implementation = "sdpa"  # "packed" is registered by anygpt, not by transformers
 
@@ -75,6 +77,10 @@ def export(ckpt_path: str | os.PathLike, output_dir: str | os.PathLike, max_shar
     tmp.mkdir()
     try:
         backbone.save_pretrained(tmp, max_shard_size=shard_bytes)
+        if dtype == "int8":
+            from anygpt.lm.int8_weights import write_int8
+
+            write_int8(tmp)
         save_tokenizer(model.tokenizer, tmp)
         texts = probe_texts(model)
         encode_bad, decode_bad = check_tokenizer(tmp, model.tokenizer, texts)

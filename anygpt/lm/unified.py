@@ -183,8 +183,14 @@ class UnifiedLM(FitHooks, LightningModule):
         else:
             from anygpt.hub import resolve
 
+            from anygpt.lm.int8_weights import is_int8, load_int8
+
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            model = AutoModelForCausalLM.from_pretrained(resolve(backbone), dtype=getattr(torch, dtype), **extra)
+            folder = resolve(backbone)
+            if is_int8(folder):
+                model = load_int8(folder, dtype=getattr(torch, dtype), **extra)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **extra)
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < len(self.layout):
             model.resize_token_embeddings(len(self.layout))

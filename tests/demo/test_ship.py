@@ -194,6 +194,7 @@ def test_the_lm_ships_with_one_tokenizer_config_less_and_both_tokenizers_read_it
                               "--trainer.default_root_dir", str(tmp_path / "fit")])
     [ckpt] = (tmp_path / "fit").rglob("*.ckpt")
     folder = Path(ship_lm(ckpt, tmp_path / "weights"))
+    assert (folder / "model.int8.safetensors").is_file() and not (folder / "model.safetensors").exists()
     assert "added_tokens_decoder" not in json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     text = "[Human]: Read this aloud: Hello  there.<eoh> [MMGPT]: <sosp><🗣️0><🗣️17><eosp><eos>"
     expected = cli.model.tokenizer.encode(text)
