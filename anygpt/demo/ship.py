@@ -16,6 +16,7 @@ written is printed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -186,7 +187,8 @@ def run_checkpoint(runs: Path, name: str) -> Path:
 def _training(ckpt: Path) -> str:
     if ckpt.is_dir():  # an export folder: its run's metrics say how far it trained
         metrics = ckpt.parent.parent / f"{ckpt.parent.name}_logs" / "version_0" / "metrics.csv"
-        steps = metrics.read_text().strip().splitlines()[-1].split(",")[1] if metrics.is_file() else "?"
+        rows = list(csv.DictReader(metrics.read_text(encoding="utf-8").splitlines())) if metrics.is_file() else []
+        steps = rows[-1]["step"] if rows else "?"
         return f"{steps} steps (shipped from its export folder; the checkpoint was not kept)"
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     seconds = checkpoint.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)

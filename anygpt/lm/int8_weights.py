@@ -12,7 +12,6 @@ weight) beside the usual ``config.json``, and no ``model.safetensors``: transfor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -100,9 +99,9 @@ def load_int8(folder: str | Path, dtype: torch.dtype = torch.float32, **kwargs):
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise AnyGPTError(f"{folder / FILE}: does not fit {json.dumps(config.architectures)}: "
-                          f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
+    except RuntimeError as err:  # shapes that differ: torch lists them on the lines after its first
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise AnyGPTError(f"{folder / FILE}: does not fit its config: {lines[min(1, len(lines) - 1)]}") from None
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise AnyGPTError(f"{folder / FILE}: does not fit its config: missing {missing[:1]}, unexpected "

@@ -182,7 +182,6 @@ class UnifiedLM(FitHooks, LightningModule):
                 model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
         else:
             from anygpt.hub import resolve
-
             from anygpt.lm.int8_weights import is_int8, load_int8
 
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -169,7 +169,6 @@ class CLIPImageEmbedder(_Frozen):
         return self.model(pixel_values=pixels).image_embeds.float()
 
 
-
 class ConcatEmbedder(_Frozen):
     """Several embedders' embeddings side by side, in their order: ``[B, sum of their widths]``.
 
@@ -195,6 +194,7 @@ class ConcatEmbedder(_Frozen):
     def forward(self, images: Tensor) -> Tensor:
         check_images(images)
         return torch.cat([w * e(images).float() for e, w in zip(self.embedders, self.weights)], dim=-1)
+
 
 def embeddings_of(batch: dict, embedder: nn.Module | None, dim: int) -> Tensor:
     """``[B, dim]`` float32 embeddings of a batch's ``image``: ``embedder``'s (moved to the images' device), or

@@ -163,11 +163,17 @@ def test_image_codec_ships_with_its_unclip_decoder(tmp_path, source):
 
 
 def test_an_image_codec_run_without_checkpoints_ships_from_its_export_and_others_do_not(tmp_path):
-    from anygpt.demo.ship import run_checkpoint, ship_image_codec
+    from anygpt.demo.ship import record_part, run_checkpoint, ship_image_codec, shipped_parts
 
     for name in ("image_codec", "music_codec"):
         (tmp_path / name / "export").mkdir(parents=True)
     assert run_checkpoint(tmp_path, "image_codec") == tmp_path / "image_codec" / "export"
+    logs = tmp_path / "image_codec_logs" / "version_0"
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text("epoch,step,train/loss,val/loss\n3,3999,0.5,\n3,4002,,0.4\n")
+    (tmp_path / "weights").mkdir()
+    record_part(tmp_path / "weights", "image_codec", tmp_path / "image_codec" / "export")
+    assert shipped_parts(tmp_path / "weights")["image_codec"]["training"].startswith("4002 steps (shipped from its")
     assert run_checkpoint(tmp_path, "music_codec") == tmp_path / "music_codec" / "last.ckpt"
     (tmp_path / "image_codec" / "last.ckpt").touch()
     assert run_checkpoint(tmp_path, "image_codec") == tmp_path / "image_codec" / "last.ckpt"

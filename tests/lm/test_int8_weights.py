@@ -76,6 +76,22 @@ def test_a_damaged_int8_file_is_one_line(exports, tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_an_int8_file_of_another_shape_is_one_line(exports, tmp_path):
+    import json
+
+    _, _, int8, trained = exports
+    folder = tmp_path / "wider"
+    folder.mkdir()
+    for path in int8.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AnyGPTError, match=r"model\.int8\.safetensors: does not fit its config: .*size mismatch") as err:
+        UnifiedLM(backbone=str(folder), tokenizer=None, codecs=trained.hparams["codecs"])
+    assert "\n" not in str(err.value)
+
+
 def test_a_sharded_int8_export_is_refused(exports, tmp_path):
     ckpt = exports[0]
     with pytest.raises(AnyGPTError, match="one model.safetensors"):
