@@ -9,6 +9,10 @@ the reconstruction terms read as means. The perceptual (LPIPS) and adversarial t
 ``export(folder)`` writes a diffusers ``AutoencoderKL`` folder whose ``scaling_factor`` makes scaled latents unit
 variance (Latent Diffusion's ``scale_by_std``): ``UnCLIPTrainer(vae=folder)`` and pipelines load it; so does
 ``UnCLIPTrainer(vae="runs/unclip_vae/last.ckpt")``.
+
+``frozen`` keeps parts of the VAE as they are: ``source`` a decoder-only folder (a shipped decoder, see
+``anygpt.decoders.decoder_only_vae``) with ``frozen: [decoder, post_quant_conv]`` trains a fresh encoder into the
+latent space that decoder reads, so a shipped unCLIP decoder can be trained on again without its original encoder.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ class VAETrainer(LightningModule):
         vae: ``AutoencoderKL`` arguments of a fresh VAE (``block_out_channels``, ``latent_channels``, ...; empty:
             diffusers' defaults).
         source: Instead of ``vae``, a VAE to fine-tune: a folder or repo id with ``config.json`` or
-            ``vae/config.json``, or a ``VAETrainer`` checkpoint.
+            ``vae/config.json``, or a ``VAETrainer`` checkpoint. A folder without encoder weights gets a fresh
+            encoder (seeded by ``seed_everything``).
+        frozen: Top-level parts of the VAE kept as they are (``encoder``, ``quant_conv``, ``decoder``,
+            ``post_quant_conv``); None: all train.
         l1_weight: Weight of the mean absolute pixel error.
         mse_weight: Weight of the mean squared pixel error.
         kl_weight: Weight of the KL divergence per pixel value (Latent Diffusion: 1e-6).
@@ -55,7 +62,8 @@ class VAETrainer(LightningModule):
         export_dir: Where ``export`` writes the diffusers folder when a fit ends (rank 0). None: not written.
     """
 
-    def __init__(self, vae: dict | None = None, source: str | None = None, l1_weight: float = 1.0,
+    def __init__(self, vae: dict | None = None, source: str | None = None, frozen: list[str] | None = None,
+                 l1_weight: float = 1.0,
                  mse_weight: float = 0.0, kl_weight: float = 1e-6, scaling_factor: float | None = None,
                  lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9), weight_decay: float = 0.0,
                  warmup_steps: int = 0, min_lr_ratio: float = 1.0, export_dir: str | None = None):
@@ -72,7 +80,16 @@ class VAETrainer(LightningModule):
         if vae and source:
             raise AnyGPTError("model.init_args: give vae (a fresh VAE's arguments) or source (a VAE to fine-tune), "
                               "not both")
-        self.vae = load_vae(source) if source else AutoencoderKL(**check_keys("vae", vae, AutoencoderKL.__init__))
+        self.vae = (load_vae(source, fresh_encoder=True) if source
+                    else AutoencoderKL(**check_keys("vae", vae, AutoencoderKL.__init__)))
+        parts = dict(self.vae.named_children())
+        unknown = sorted(set(frozen or ()) - set(parts))
+        if unknown:
+            raise AnyGPTError(f"model.init_args.frozen: no VAE part {unknown[0]!r} (parts: {', '.join(parts)})")
+        if set(parts) <= set(frozen or ()):
+            raise AnyGPTError("model.init_args.frozen: every part of the VAE is frozen; nothing would train")
+        for name in frozen or ():
+            parts[name].requires_grad_(False)
         self.weights = {"l1": l1_weight, "mse": mse_weight, "kl": kl_weight}
         self.scaling_factor = scaling_factor or (self.vae.config.scaling_factor if source else None)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
@@ -123,7 +140,8 @@ class VAETrainer(LightningModule):
         self.log("val/psnr", self.val_psnr, batch_size=len(batch["image"]))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.lr, betas=self.betas,
+        trained = [p for p in self.vae.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=self.lr, betas=self.betas,
                                       weight_decay=self.weight_decay)
         return {"optimizer": optimizer,
                 "lr_scheduler": warmup_schedule(optimizer, self.trainer, self.warmup_steps, self.min_lr_ratio)}
@@ -155,14 +173,22 @@ class VAETrainer(LightningModule):
             self.export(self.export_dir)
 
 
-def load_vae(ref: str):
+def load_vae(ref: str, fresh_encoder: bool = False):
     """A diffusers ``AutoencoderKL`` from a ``VAETrainer`` fit checkpoint (``.ckpt``, with its scaling factor), a
     folder holding ``config.json`` (a ``VAETrainer.export``) or ``vae/config.json`` (a pipeline), or a repo id.
 
+    Args:
+        ref: Where the VAE is.
+        fresh_encoder: Give a folder whose weights lack the encoder (a decoder-only VAE, shipped for decoding) a
+            freshly initialised encoder; False: such a folder is an error, since it cannot encode pictures.
+
     Raises:
-        AnyGPTError: Nothing loadable there (one line naming ``ref``).
+        AnyGPTError: Nothing loadable there, or a decoder-only VAE without ``fresh_encoder`` (one line naming
+            ``ref``).
     """
     from diffusers import AutoencoderKL
+
+    from anygpt.decoders.decoder_only_vae import load_decoder_only
 
     from anygpt.hub import resolve
 
@@ -174,4 +200,12 @@ def load_vae(ref: str):
         folder = folder / "vae"
     if not (folder / "config.json").is_file():
         raise AnyGPTError(f"{ref}: not a VAE (no config.json, nor vae/config.json, and not a VAETrainer .ckpt)")
-    return AutoencoderKL.from_pretrained(folder)
+    lean = load_decoder_only(folder)
+    if lean is None:
+        return AutoencoderKL.from_pretrained(folder)
+    if not fresh_encoder:
+        raise AnyGPTError(f"{ref}: a VAE without its encoder (kept for decoding only) cannot encode pictures; train "
+                          f"an encoder for it (VAETrainer with source={ref} and frozen: [decoder, post_quant_conv])")
+    vae = AutoencoderKL.from_config(lean.config)
+    vae.load_state_dict(lean.state_dict(), strict=False)
+    return vae

@@ -42,11 +42,15 @@
 #                 decoder (DEMO_DECODER_MINUTES, default 5) one after the other, then ships the image codec into
 #                 OUT/weights (or anygpt/demo/weights): about 22-30 minutes; OUT also gets part2_image_runs.tgz, the
 #                 metrics, the whole VAE and the teacher (benchmarks/demo_image_codec.py --vae and --clip read them)
+#   image_vae_encoder  part 2: a fresh encoder for the shipped decoder's VAE (which ships without one), its
+#                 decoder frozen (configs/demo/image_vae_encoder.yaml); exports runs/demo/image_vae/diffusers
 #   image_decoder_refine  the shipped image decoder (anygpt/demo/weights/image_codec) trained on with its codes
-#                 frozen, as stage image_decoder but started from the shipped files and the VAE of stage image_vae
-#                 (runs/demo/image_vae/diffusers: the shipped one has no encoder) for DEMO_DECODER_MINUTES (default
-#                 15; DEMO_DECODER_STEPS, default 8000, sets its cosine); ships image_decoder. The image tokens stay as
-#                 they are, so it may run beside part2_lm on the same GPU (with another OUT)
+#                 frozen, as stage image_decoder but started from the shipped files, on the denoising loss alone (the
+#                 teachers need not be there), with the VAE of runs/demo/image_vae/diffusers (stage image_vae, or
+#                 stage image_vae_encoder for DEMO_ENCODER_MINUTES, default 2.5, where it is missing) for
+#                 DEMO_DECODER_MINUTES (default 15; DEMO_DECODER_STEPS, default 8000, sets its cosine); ships
+#                 image_decoder. The image tokens stay as they are, so it may run beside part2_lm on the same GPU
+#                 (with another OUT)
 #   part2_data    every input of the LM: the speech, melody and scene corpora side by side, their token shards by
 #                 the shipped codecs (the speech and the music in DEMO_PARTS runs sharing the GPU, default 8: their
 #                 codecs encode one clip at a time, ~40 and ~24 items/s on the H200, ~28 and ~10 on 2 CPU cores) and
@@ -218,12 +222,15 @@ case "$stage" in
       tar -czf "$out/part2_image_runs.tgz" "${metrics[@]}" data/demo/images/corpus.json runs/demo/image_vae/diffusers \
         runs/demo/image_teacher/clip
     fi ;;
+  image_vae_encoder) scenes; fit configs/demo/image_vae_encoder.yaml image_vae_encoder; pack image_vae_encoder ;;
   image_decoder_refine)
     scenes
+    [ -f runs/demo/image_vae/diffusers/config.json ] || minutes=${DEMO_ENCODER_MINUTES:-2.5} fit \
+      configs/demo/image_vae_encoder.yaml image_vae_encoder
     shipped=anygpt/demo/weights/image_codec
     minutes=${DEMO_DECODER_MINUTES:-15} fit configs/demo/image_decoder.yaml image_decoder \
       --model.init_args.codec.quantizer "$shipped/seed_quantizer.pt" --model.init_args.codec.visual \
-      "$shipped/eva_vit_g.pth" --model.init_args.decoder.source "$shipped/decoder" \
+      "$shipped/eva_vit_g.pth" --model.init_args.decoder.source "$shipped/decoder" --model.init_args.embedder null \
       --model.init_args.decoder.vae runs/demo/image_vae/diffusers --trainer.max_steps "${DEMO_DECODER_STEPS:-8000}"
     ship_tar image_decoder ;;
   part2_data)

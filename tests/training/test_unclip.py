@@ -112,6 +112,44 @@ def test_vae_fit_lowers_reconstruction_loss_and_exports(vae_run, data):
     assert 0.6 < exported.config.scaling_factor * float(latents.std()) < 1.5
 
 
+def test_a_fresh_encoder_learns_the_latents_of_a_frozen_decoder_only_vae(vae_run, data, tmp_path, monkeypatch):
+    import shutil
+
+    from anygpt.decoders.decoder_only_vae import strip_encoder
+
+    lean = shutil.copytree(vae_run[1], tmp_path / "lean")
+    strip_encoder(lean)
+    with pytest.raises(AnyGPTError, match="without its encoder") as err:  # encoding needs the encoder
+        UnCLIPTrainer(source="tiny", vae=str(lean))
+    assert "\n" not in str(err.value)
+    path = config(tmp_path, "unclip_vae_tiny.yaml", data, vae=None, source=str(lean),
+                  frozen=["decoder", "post_quant_conv"], export_dir=str(tmp_path / "export"))
+    cli = fit(path, monkeypatch, "--trainer.max_steps", "60")
+    shipped = vae_run[0].model.vae
+    trained = cli.model.vae
+    for name, value in trained.state_dict().items():  # the decoder is the shipped one, bit for bit
+        if name.startswith(("decoder.", "post_quant_conv.")):
+            assert torch.equal(value, shipped.state_dict()[name]), name
+    assert trained.config.scaling_factor == shipped.config.scaling_factor
+
+    def l1(vae) -> float:
+        with torch.no_grad():
+            pixels = data["images"] * 2 - 1
+            return float((vae.decode(vae.encode(pixels).latent_dist.mean).sample - pixels).abs().mean())
+
+    before, after, original = l1(fresh(cli).vae), l1(trained), l1(shipped)
+    print(f"fresh encoder for a frozen decoder: L1 {before:.4f} -> {after:.4f} (the original encoder: {original:.4f})")
+    assert after < 0.9 * before and after < 1.1 * original, (before, after, original)
+
+
+def test_bad_frozen_parts_are_one_clear_line(data):
+    small = yaml.safe_load((TWINS / "unclip_vae_tiny.yaml").read_text())["model"]["init_args"]["vae"]
+    with pytest.raises(AnyGPTError, match="no VAE part 'unet'"):
+        VAETrainer(vae=small, frozen=["unet"])
+    with pytest.raises(AnyGPTError, match="nothing would train"):
+        VAETrainer(vae=small, frozen=["encoder", "quant_conv", "decoder", "post_quant_conv"])
+
+
 def test_unclip_fit_lowers_denoising_loss_and_validates(unclip_run, vae_run, data):
     cli, _ = unclip_run
     before_module = fresh(cli)
