@@ -13,11 +13,14 @@ A trained model loads back into the inference class: ``EncodecMusicCodec(source=
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 
 from anygpt import AnyGPTError
 from anygpt.tokenizers.harmonic import HarmonicDecoder
@@ -31,7 +34,8 @@ from anygpt.training.codec_mode import TrainsCodecNetwork
 from anygpt.training.pitch import pitch_loss, yin_pitch
 from anygpt.training.rvq import StraightThroughRVQ
 
-WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0, "low_band": 0.0, "pitch": 0.0}
+WEIGHTS = {"time": 0.1, "mel": 1.0, "commit": 1.0, "adversarial": 4.0, "feature": 4.0, "low_band": 0.0, "pitch": 0.0,
+           "first_pitch": 0.0}
 
 
 class EncodecTrainer(TrainsCodecNetwork, LightningModule):
@@ -41,10 +45,14 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
     Args:
         codec: ``EncodecMusicCodec`` arguments; the codec's ``bandwidth`` sets how many codebooks train.
         weights: Loss weights over the defaults ``time 0.1, mel 1, commit 1, adversarial 4, feature 4, low_band 0,
-            pitch 0``.
+            pitch 0, first_pitch 0``.
             ``low_band`` weighs ``LowBandSpectrumLoss``: a fine linear-frequency log spectrum, which tells notes a
             semitone apart where the mel bands cannot (beyond audiocraft). ``pitch`` weighs the pitch loss of a
             decoder with a harmonic branch (``harmonics`` in the codec's config) against the clips' YIN pitch.
+            ``first_pitch`` weighs the same pitch loss of a training-only head that reads the first codebook's
+            code vectors alone (straight through to the encoder), as SpeechTokenizer distils its teacher into
+            RVQ-1: the note's pitch then lives in the first code of each frame, where an LM reading the codes finds
+            it, rather than spread over the residual codebooks; it needs the harmonic branch's pitch range.
         mel_weights: Weights of the mel scales (``n_fft`` 1024 halved per scale, 64 mels, as audiocraft's msspec).
         kmeans_init: Initialise the codebooks by k-means on the first batch; None: when training from scratch.
         codebook_decay: EMA decay of the codebooks.
@@ -85,6 +93,12 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         if "sample_rate" in low_band:
             raise AnyGPTError("model.init_args.low_band: sample_rate is the codec's")
         self.low_band = LowBandSpectrumLoss(self.codec.sample_rate, **low_band) if self.weights["low_band"] else None
+        self.first_pitch_head = None
+        if self.weights["first_pitch"]:
+            if not isinstance(model.decoder, HarmonicDecoder):
+                raise AnyGPTError("model.init_args.weights.first_pitch: needs a codec with the harmonic decoder "
+                                  "branch (harmonics in codec.config), whose pitch range it predicts in")
+            self.first_pitch_head = nn.Conv1d(model.quantizer.layers[0].codebook.embed.shape[1], 1, kernel_size=1)
         self.discriminator = MultiScaleSTFTDiscriminator() if adversarial else None
         self.automatic_optimization = not adversarial
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
@@ -96,21 +110,30 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         """Reconstruction ``[B, L]``, codes ``[levels, B, T]`` and commitment loss of clips ``[B, L]``."""
         return self._run(audio)[:3]
 
-    def _run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``forward``'s outputs and the harmonic branch's pitch per frame ``[B, T]`` (None without the branch)."""
+    def _run(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                 torch.Tensor | None]:
+        """``forward``'s outputs, the harmonic branch's pitch per frame ``[B, T]`` (None without the branch) and the
+        first-codebook head's (None without ``first_pitch``)."""
         model = self.codec.model
         embeddings = model.encoder(audio.unsqueeze(1))
         quantized, codes, commit = self.rvq(embeddings, self.levels)
-        f0 = None
+        f0 = first_f0 = None
         if isinstance(model.decoder, HarmonicDecoder):
             wave, f0, _ = model.decoder(quantized, with_pitch=True)
         else:
             wave = model.decoder(quantized)
-        return wave[:, 0, : audio.shape[-1]], codes, commit, f0
+        if self.first_pitch_head is not None:
+            book = model.quantizer.layers[0].codebook.embed.to(embeddings.dtype)
+            first = F.embedding(codes[0], book).transpose(1, 2)  # [B, D, T]: the first code's vectors
+            first = embeddings + (first - embeddings).detach()  # straight through to the encoder
+            decoder = model.decoder
+            span = math.log(decoder.f_max / decoder.f_min)
+            first_f0 = decoder.f_min * torch.exp(torch.sigmoid(self.first_pitch_head(first)[:, 0].float()) * span)
+        return wave[:, 0, : audio.shape[-1]], codes, commit, f0, first_f0
 
     def _losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         audio, mask = batch["audio"], batch["mask"]
-        recon, codes, commit, f0 = self._run(audio)
+        recon, codes, commit, f0, first_f0 = self._run(audio)
         recon = recon * mask
         parts = {"time": time_l1(recon, audio, mask), "mel": self.mel(recon, audio, mask), "commit": commit}
         if self.low_band is not None:
@@ -118,8 +141,12 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
         if f0 is not None:
             decoder, hop = self.codec.model.decoder, self.codec.hop_length
             target, voiced = yin_pitch(audio * mask, self.codec.sample_rate, hop, decoder.f_min, decoder.f_max)
-            parts["pitch"], accuracy = pitch_loss(f0, target, voiced & frames_valid(mask, hop))
-            self.log(f"{'train' if self.training else 'val'}/pitch_semitone_acc", accuracy, batch_size=len(audio))
+            stage, voiced = "train" if self.training else "val", voiced & frames_valid(mask, hop)
+            parts["pitch"], accuracy = pitch_loss(f0, target, voiced)
+            self.log(f"{stage}/pitch_semitone_acc", accuracy, batch_size=len(audio))
+            if first_f0 is not None:
+                parts["first_pitch"], accuracy = pitch_loss(first_f0, target, voiced)
+                self.log(f"{stage}/first_pitch_semitone_acc", accuracy, batch_size=len(audio))
         return parts, recon, codes
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -173,7 +200,8 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
                 return self.optimizer_factory(params)
             return torch.optim.Adam(params, lr=3e-4, betas=(0.5, 0.9))
 
-        generator = build([p for p in self.codec.model.parameters() if p.requires_grad])
+        heads = [] if self.first_pitch_head is None else list(self.first_pitch_head.parameters())
+        generator = build([p for p in self.codec.model.parameters() if p.requires_grad] + heads)
         if self.discriminator is None:
             if self.scheduler_factory is None:
                 return generator

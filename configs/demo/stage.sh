@@ -11,7 +11,8 @@
 #                 (configs/demo/speech_decoder.yaml); ship it with `python -m anygpt.demo.ship --parts speech_decoder`
 #   soundstorm    corpus; train SoundStorm (configs/demo/soundstorm.yaml) on the codec's codes
 #   tokenize      corpus; its RVQ-1 token shards by the codec, data/demo/shards/{train,val}
-#                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~7 items/s a core).
+#                 (configs/demo/tokenize_speech.yaml; one file at a time: CPU machines do it too, ~7 items/s a core;
+#                 DEMO_PARTS runs side by side, default 1).
 #                 Finished shards are kept, so a stopped run goes on where it stopped; DEMO_RETOKENIZE=1 starts over
 #                 (after the codec's encoder changed: the speech_decoder stage leaves the codes as they were)
 #   music_codec   part 2: the melody corpus (anygpt.demo.melodies) if missing; train the music codec
@@ -192,7 +193,8 @@ case "$stage" in
   speech_decoder) corpus; fit configs/demo/speech_decoder.yaml speech_decoder; pack speech_decoder ;;
   soundstorm) corpus; fit configs/demo/soundstorm.yaml soundstorm; pack soundstorm ;;
   tokenize)
-    corpus; if [ "${DEMO_RETOKENIZE:-0}" = 1 ]; then rm -rf data/demo/shards; fi; tokenize speech speech shards
+    corpus; if [ "${DEMO_RETOKENIZE:-0}" = 1 ]; then rm -rf data/demo/shards; fi
+    tokenize speech speech shards "${DEMO_PARTS:-1}"
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"

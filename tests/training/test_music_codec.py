@@ -198,3 +198,36 @@ def test_pitch_loss_reaches_the_pitch_head():
     parts["pitch"].backward()
     head = trainer.codec.model.decoder.head
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_first_codebook_pitch_teaches_the_encoder_through_the_first_code():
+    """``first_pitch``: a head on the first codebook's code vectors alone predicts the clips' YIN pitch; its loss
+    is the pitch loss of those predictions, its gradient reaches the head and (straight through) the encoder, and
+    it needs the harmonic branch's pitch range."""
+    from anygpt.training.music_codec import EncodecTrainer
+    from anygpt.training.pitch import pitch_loss, yin_pitch
+
+    torch.manual_seed(0)
+    trainer = EncodecTrainer(codec={"source": None, "config": HARMONIC, "segment_seconds": None},
+                             weights={"first_pitch": 1.0})
+    t = torch.arange(8000) / 16000
+    audio = torch.stack([0.5 * torch.sin(2 * torch.pi * 330 * t), 0.5 * torch.sin(2 * torch.pi * 523 * t)])
+    batch = {"audio": audio, "mask": torch.ones_like(audio)}
+    parts, _, codes = trainer._losses(batch)
+    assert torch.isfinite(parts["first_pitch"]) and parts["first_pitch"] > 0
+    # the head reads the first code's vectors: the same loss from the head applied to them by hand
+    model, decoder = trainer.codec.model, trainer.codec.model.decoder
+    vectors = torch.nn.functional.embedding(codes[0], model.quantizer.layers[0].codebook.embed).transpose(1, 2)
+    f0 = decoder.f_min * (decoder.f_max / decoder.f_min) ** torch.sigmoid(trainer.first_pitch_head(vectors)[:, 0])
+    target, voiced = yin_pitch(audio, 16000, trainer.codec.hop_length, decoder.f_min, decoder.f_max)
+    torch.testing.assert_close(parts["first_pitch"], pitch_loss(f0, target, voiced)[0], atol=1e-5, rtol=1e-4)
+    parts["first_pitch"].backward()
+    assert trainer.first_pitch_head.weight.grad.abs().sum() > 0
+    encoder = [p for p in model.encoder.parameters() if p.grad is not None]
+    assert encoder and sum(float(p.grad.abs().sum()) for p in encoder) > 0
+    head = trainer.first_pitch_head.weight
+    assert any(head is p for group in trainer.configure_optimizers().param_groups for p in group["params"])
+    assert "first_pitch" not in EncodecTrainer(codec={"source": None, "config": HARMONIC})._losses(batch)[0]
+    with pytest.raises(AnyGPTError, match="harmonic decoder"):
+        EncodecTrainer(codec={"source": None, "config": {k: v for k, v in HARMONIC.items() if "harmonic" not in k}},
+                       weights={"first_pitch": 1.0})
