@@ -61,6 +61,11 @@
 #                 one), then stage lm (DEMO_MINUTES, default 20); ships the LM into OUT/weights (or
 #                 anygpt/demo/weights). Without the espeak-ng wheel (the GPU image) the text tokenizer and the voice
 #                 records still need its voice names: ESPEAK_DATA_PATH=DIR with a copy of its voices/!v in DIR/voices
+#   part2_lease   what part 2 still needs, in one GPU lease of DEMO_LEASE_MINUTES (default 25) from the stage's
+#                 start: part2_data where the LM's inputs are missing (data/demo_lm_inputs.txz unpacked first where
+#                 there is one), then part2_lm for the minutes left less 2 (its export and shipping), its cosine
+#                 fitted to them (DEMO_LM_STEPS_PER_MINUTE, default 750); beside them image_decoder_refine. With OUT:
+#                 OUT/lm/weights.tar and OUT/dec/weights.tar; logs in runs/demo/{lease,refine}.log
 # A split whose finished shards already hold every line of its manifest is not tokenized again (whatever their size).
 # With OUT, part2_image, image_decoder_refine and part2_lm also write OUT/weights.tar (the shipped folders).
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -70,7 +75,9 @@
 # cat), with its metrics and the corpus summary; tokenize writes shards.tar (unpack it in the repository root).
 # DEMO_MINUTES (default 7) bounds each fit; DEMO_SEED (default 0) seeds the corpus; DEMO_TRAIN (default 60000) sets
 # its training utterances (a smaller corpus is a prefix of the larger one's training split); DEMO_CHAT (default
-# 12000) the training conversations. DEMO_FIT_ARGS adds arguments to every fit: a quick rehearsal of a chain on the
+# 12000) the training conversations, DEMO_SCENES and DEMO_MELODIES (30000, 12000) the training scenes and melodies.
+# Tokenizers side by side share the cores (DEMO_THREADS torch threads each, default the cores over the runs).
+# DEMO_FIT_ARGS adds arguments to every fit: a quick rehearsal of a chain on the
 # CPU, e.g. DEMO_TRAIN=300 DEMO_CHAT=300 DEMO_FIT_ARGS="--trainer.max_steps 2 --trainer.val_check_interval 2
 # --trainer.limit_val_batches 1 --trainer.precision 32" bash configs/demo/stage.sh part2_image.
 set -euo pipefail
@@ -85,13 +92,19 @@ corpus() {
     --train "$train" --val 500 --test 500
 }
 
-melodies() {  # part 2's music corpus (anygpt.demo.melodies): 12000 + 300 + 300 melodies
+melodies() {  # part 2's music corpus (anygpt.demo.melodies): 12000 (DEMO_MELODIES) + 300 + 300 melodies
   [ -f data/demo/music/corpus.json ] || python -m anygpt.demo.melodies data/demo/music --seed "$seed" \
-    --workers "$(nproc)"
+    --workers "$(nproc)" --train "${DEMO_MELODIES:-12000}"
 }
 
-scenes() {  # part 2's picture corpus (anygpt.demo.scenes): 30000 + 500 + 500 scenes
-  [ -f data/demo/images/corpus.json ] || python -m anygpt.demo.scenes data/demo/images --seed "$seed"
+scenes() {  # part 2's picture corpus (anygpt.demo.scenes): 30000 (DEMO_SCENES) + 500 + 500 scenes; one writer at a
+  # time (stage part2_lease draws them for part2_data and image_decoder_refine side by side)
+  mkdir -p data/demo
+  (
+    flock 9
+    [ -f data/demo/images/corpus.json ] || python -m anygpt.demo.scenes data/demo/images --seed "$seed" \
+      --train "${DEMO_SCENES:-30000}"
+  ) 9> data/demo/.scenes.lock
 }
 
 fit() {  # fit CONFIG NAME [ARGS]: train $minutes more, resuming from runs/demo/NAME/last.ckpt if there is one
@@ -117,11 +130,18 @@ tokenize() {  # tokenize MODALITY CORPUS SHARDS [PARTS]: data/demo/CORPUS/{train
   for split in train val; do
     tokenized "data/demo/$3/$split" "data/demo/$2/$split.jsonl" && continue
     for ((i = 0; i < parts; i++)); do  # PARTS runs side by side, each on every PARTS-th shard (data.part)
-      python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" --data.manifest "data/demo/$2/$split.jsonl" \
+      OMP_NUM_THREADS=$(threads "$parts") python -m anygpt tokenize --config "configs/demo/tokenize_$1.yaml" \
+        --data.manifest "data/demo/$2/$split.jsonl" \
         --data.output_dir "data/demo/$3/$split" $([ "$parts" = 1 ] || echo "--data.part $i/$parts") &
     done
     wait_all
   done
+}
+
+threads() {  # threads RUNS: torch threads for each of RUNS processes side by side (DEMO_THREADS, else the cores
+  # shared out): torch gives every process a thread per core, and 20 tokenizers of 16 threads each on 16 cores ran
+  # ten times slower than one thread each
+  echo "${DEMO_THREADS:-$(( $(nproc) / $1 > 0 ? $(nproc) / $1 : 1 ))}"
 }
 
 tokenized() {  # tokenized SHARDS MANIFEST: whether the finished shards in SHARDS hold every line of MANIFEST
@@ -252,5 +272,20 @@ case "$stage" in
     lm_inputs || bash "$0" part2_data
     bash "$0" lm
     ship_tar lm ;;
+  part2_lease)
+    started=$(date +%s)
+    mkdir -p runs/demo
+    bash "$0" image_decoder_refine ${out:+"$out/dec"} > runs/demo/refine.log 2>&1 &  # its scenes() waits on the lock
+    {
+      if ! lm_inputs && [ -f data/demo_lm_inputs.txz ]; then tar -xJf data/demo_lm_inputs.txz; fi
+      lm_inputs || bash "$0" part2_data
+      left=$(python3 -c "import time
+print(round(max(3.0, ${DEMO_LEASE_MINUTES:-25} - 2 - (time.time() - $started) / 60), 2))")
+      steps=$(python3 -c "print(int($left * ${DEMO_LM_STEPS_PER_MINUTE:-750}))")
+      echo "part2_lease: the LM gets $left minutes, a cosine over $steps steps"
+      DEMO_MINUTES=$left DEMO_FIT_ARGS="${DEMO_FIT_ARGS:-} --model.lr_scheduler.init_args.total_steps $steps \
+        --trainer.max_steps $steps" bash "$0" part2_lm ${out:+"$out/lm"}
+    } > runs/demo/lease.log 2>&1
+    wait_all || { tail -n 5 runs/demo/{lease,refine}.log >&2; exit 1; } ;;
   *) echo "stage.sh: unknown stage '$stage'" >&2; exit 2 ;;
 esac
