@@ -62,6 +62,8 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
     Returns:
         The generated ids of each row, stop or end token included when one was generated.
     """
+    if any(p.num_beams > 1 for p in presets):
+        return _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast)
     outputs: list[list[int]] = [[] for _ in prompts]
     for new in generate_stream(model, prompts, presets, grammars, seeds, pad_id, fast, stream=False):
         for row, ids in zip(outputs, new):
@@ -74,7 +76,9 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[G
                     fast: bool | None = None, stream: bool = True) -> Iterator[list[list[int]]]:
     """``generate`` as it goes: yields, per row, the ids generated since the last yield (every step on the plain
     loop, every 8 steps on the fast path); joined, they are exactly ``generate``'s result for the same arguments.
-    ``stream=False`` yields once, at the end."""
+    ``stream=False`` yields once, at the end; so do rows that search with beams (``num_beams`` > 1)."""
+    if any(p.num_beams > 1 for p in presets):
+        return iter([_with_beams(model, prompts, presets, grammars, seeds, pad_id, fast)])
     device = next(model.parameters()).device
     if fast or (fast is None and device.type == "cuda"):
         steps = _fast(model, prompts, presets, grammars, seeds, pad_id, stream)
@@ -105,7 +109,8 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
     step_ids, cache = input_ids, None
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for step in range(max(budgets)):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True, **{cache_arg: cache})
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True,
+                    **{cache_arg: cache})
         cache = getattr(out, cache_arg)
         logits = out.logits[:, -1, :].float()
         allowed = _grammar_mask(grammars, logits.shape[1], device)
@@ -135,6 +140,33 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
         mask = torch.cat([mask, live_t.long()[:, None]], dim=1)
         position = position[:, -1:] + 1
     yield [row[n:] for row, n in zip(outputs, sent)]
+
+
+def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast) -> list[list[int]]:
+    """Rows with ``num_beams`` > 1 by beam search (one search per beam count and length penalty), the rest as
+    ``generate`` decodes them."""
+    from anygpt import AnyGPTError
+    from anygpt.lm.decoding.beam import beam_search
+
+    if any(p.num_beams > 1 and not isinstance(g, SpanGrammar) for p, g in zip(presets, grammars)):
+        raise AnyGPTError("num_beams > 1: beam search decodes request targets, not chat replies")
+    outputs: list[list[int]] = [[] for _ in prompts]
+    groups: dict[tuple[int, float], list[int]] = {}
+    for i, p in enumerate(presets):
+        groups.setdefault((p.num_beams, p.length_penalty) if p.num_beams > 1 else (1, 0.0), []).append(i)
+    for (beams, penalty), rows in groups.items():
+        pick = lambda items: [items[i] for i in rows]  # noqa: E731
+        if beams == 1:
+            found = generate(model, pick(prompts), pick(presets), pick(grammars), pick(seeds), pad_id, fast)
+        else:
+            found = beam_search(model, pick(prompts), pick(grammars), beams,
+                                [presets[i].max_new_tokens for i in rows], penalty, pad_id=pad_id)
+            for i, ids in zip(rows, found):  # the caller's grammars end as the best hypothesis left them
+                for token in ids:
+                    grammars[i].step(token)
+        for i, ids in zip(rows, found):
+            outputs[i] = ids
+    return outputs
 
 
 def _fast(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]] | None:

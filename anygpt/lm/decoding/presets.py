@@ -21,6 +21,9 @@ class GenerationPreset:
         min_new_tokens: Stop tokens are blocked before this many tokens.
         decoder_steps: Passes of the target codec's second-stage decoder where it has one (SoundStorm's MaskGIT
             steps on RVQ layer 2; AnyGPT ran 3).
+        num_beams: Beams of a beam search (``anygpt.lm.decoding.beam``, transformers' semantics; the paper decoded
+            text targets with 5); needs ``do_sample: false``. 1: no search.
+        length_penalty: Exponent of the length that divides a finished beam's log-probability.
     """
 
     do_sample: bool = True
@@ -31,6 +34,8 @@ class GenerationPreset:
     max_new_tokens: int = 100
     min_new_tokens: int = 0
     decoder_steps: int = 3
+    num_beams: int = 1
+    length_penalty: float = 1.0
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
@@ -39,6 +44,11 @@ class GenerationPreset:
             raise AnyGPTError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.decoder_steps < 1:
             raise AnyGPTError(f"decoder_steps must be at least 1, got {self.decoder_steps}")
+        if self.num_beams < 1:
+            raise AnyGPTError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.num_beams > 1 and self.do_sample:
+            raise AnyGPTError(f"num_beams {self.num_beams} searches: set do_sample: false (beam sampling is not "
+                              f"supported)")
 
 
 # The original's config/*_generate_config.json (pipeline §4). top_k 50 is transformers' default, which applied
