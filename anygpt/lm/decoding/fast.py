@@ -97,15 +97,16 @@ class StaticLlama:
         shape = (batch, self.kv_heads, self.length, self.head_dim)
         layers = cfg.num_hidden_layers
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(layers)]
-        self.graphs = GraphCache(max_graphs=self.length // BUCKET + 1) if graphs and self.device.type == "cuda" else None
+        use_graphs = graphs and self.device.type == "cuda"
+        self.graphs = GraphCache(max_graphs=self.length // BUCKET + 1) if use_graphs else None
         self.kernels = kernels.kernels(self.device)
         self.silu = getattr(cfg, "hidden_act", "silu") == "silu"
-        self.fused = [(_fused(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj),
-                       _fused(l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
+        self.fused = [(_fused(block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj),
+                       _fused(block.mlp.gate_proj, block.mlp.up_proj)) for block in model.model.layers]
         # Decode steps through _decode_layer at batch 1, where its matrix-vector reductions beat cuBLAS (cuBLAS
         # does well on more rows, and each batch size would compile anew); LLaMA layers without biases only.
-        linears = [[l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.self_attn.o_proj, l.mlp.gate_proj,
-                    l.mlp.up_proj, l.mlp.down_proj] for l in model.model.layers]
+        linears = [[block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+                    block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj] for block in model.model.layers]
         self.whole_layers = WHOLE_LAYERS and batch == 1 and self.silu and all(
             m.bias is None for layer in linears for m in layer)
         self.projections = [([qkv] if qkv is not None else [m.weight for m in layer[:3]],

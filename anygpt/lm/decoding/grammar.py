@@ -31,11 +31,11 @@ def span_ranges(rng: TokenRange, codec, position: int, may_close: bool = True) -
 class SpanGrammar:
     """Which tokens one request may generate next, and when it is finished.
 
-    A text target may use ``text_ranges`` (the text pieces; None: any token) until a stop token. A media target may open with lead-in tokens (the whitespace
-    piece that precedes a tag in the training data), must then open its span, fill it with codes that the
-    codec allows at each position, and may close it only where the codec says the span is complete; the end
-    tag finishes the request. With ``enforce=False`` nothing is masked and any stop token or the end tag
-    finishes the request.
+    A text target may use ``text_ranges`` (the text pieces; None: any token) until a stop token. A media target may
+    open with lead-in tokens (the whitespace piece that precedes a tag in the training data), must then open its
+    span, fill it with codes that the codec allows at each position, and may close it only where the codec says the
+    span is complete; the end tag finishes the request. With ``enforce=False`` nothing is masked and any stop token
+    or the end tag finishes the request.
 
     Args:
         target: Range of the target modality, or None for text.
@@ -48,8 +48,8 @@ class SpanGrammar:
         text_ranges: Half-open id ranges a text reply may use besides the stop tokens (None: any token).
     """
 
-    def __init__(self, target: TokenRange | None, codec=None, stop_ids: Sequence[int] = (), lead_in_ids: Sequence[int] = (),
-                 enforce: bool = True, min_new_tokens: int = 0, max_lead_in: int = 1,
+    def __init__(self, target: TokenRange | None, codec=None, stop_ids: Sequence[int] = (),
+                 lead_in_ids: Sequence[int] = (), enforce: bool = True, min_new_tokens: int = 0, max_lead_in: int = 1,
                  text_ranges: Sequence[tuple[int, int]] | None = None):
         self.target, self.codec, self.enforce = target, codec, enforce
         self.text_ranges = None if text_ranges is None else [*text_ranges, *((i, i + 1) for i in stop_ids)]

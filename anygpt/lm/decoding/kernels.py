@@ -82,8 +82,9 @@ def _head(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _choose(loop: Any, logits: Tensor) -> None:
-    """``anygpt.lm.decoding.fast._Loop.choose`` (``loop``): grammar mask, repetition penalty, filters, sampling, then the state update, as one
-    function of the loop's tensors (compiled whole on CUDA: ~200 small kernels become a few)."""
+    """``anygpt.lm.decoding.fast._Loop.choose`` (``loop``): grammar mask, repetition penalty, filters, sampling,
+    then the state update, as one function of the loop's tensors (compiled whole on CUDA: ~200 small kernels become
+    a few)."""
     p = loop.table.row_params(loop.params)
     logits = logits.masked_fill(~loop.table.mask(), float("-inf"))
     logits = penalize_repeats(logits, loop.seen > 0, p["penalty"])
