@@ -15,7 +15,7 @@ from pathlib import Path
 
 from anygpt.cli_classes import model_cli_class, tokenize_cli_class
 
-USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat} --config CONFIG.yaml [--section.key VALUE ...]
+USAGE = """usage: anygpt [-h] {predict,fit,validate,test,tokenize,chat,evaluate} --config CONFIG.yaml [--key VALUE ...]
        anygpt export --ckpt_path CKPT --output_dir DIR [--max_shard_size 5GB] [--dtype bfloat16]
        anygpt codecs
 
@@ -28,6 +28,7 @@ subcommands:
   test       as validate, on the test split
   tokenize   encode a corpus (manifest of media + text) into token shards, resumable, on CPU or N GPUs
   chat       talk to the model interactively: type messages, attach image/speech/music files, hear replies
+  evaluate   run a pinned evaluation protocol (configs/eval/): generate, score, write summary.json (resumable)
   export     write a fit checkpoint as a Hugging Face folder (config, safetensors, tokenizer)
   codecs     list the installed codecs (entry points "anygpt.codecs"), which configs may name: class_path: speech
 
@@ -39,6 +40,7 @@ examples:
   anygpt tokenize --config configs/tokenize/speech.yaml --data.manifest my_corpus.jsonl
   anygpt predict --config configs/chat.yaml --data.init_args.conversations_file my_conversations.jsonl
   anygpt chat --config configs/chat.yaml
+  anygpt evaluate --config configs/eval/demo_asr.yaml
   anygpt export --ckpt_path runs/last.ckpt --output_dir my-anygpt
 
 Run `anygpt SUBCOMMAND --help` for every option of a subcommand.
@@ -100,6 +102,10 @@ def main(args: list[str] | None = None) -> None:
             from anygpt.tokenizers.registry import describe
 
             print(describe())
+        elif argv[0] == "evaluate":
+            from anygpt.evaluation.cli import main as evaluate_main
+
+            evaluate_main(argv[1:])
         elif argv[0] == "export":
             from anygpt.lm.export import main as export_main
 

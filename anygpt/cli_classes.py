@@ -6,6 +6,7 @@ with them, and the chat shell and ``anygpt.demo.session`` build models from pred
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -102,3 +103,24 @@ def predict_model_cli_class():
             parser.add_argument("--return_predictions", default=None, help="(a predict option; unused here)")
 
     return PredictModelCLI
+
+
+def load_predict_model(config: str | Path, overrides: Sequence[str] = (), root: str | Path | None = None):
+    """The model of a predict config, built and in eval mode, without running anything (no trainer, no writer).
+
+    Args:
+        config: A predict config (``anygpt predict --config``).
+        overrides: Further command-line style arguments, e.g. ``["--model.backbone", "runs/demo/lm_export"]``.
+        root: Folder the config's relative paths are taken from (None: the current one).
+    """
+    import os
+
+    here = os.getcwd()
+    if root is not None:
+        os.chdir(root)
+    try:
+        cli = predict_model_cli_class()(args=["--config", str(config), "--trainer.logger", "false",
+                                              "--trainer.callbacks", "[]", *overrides], run=False)
+    finally:
+        os.chdir(here)
+    return cli.model.eval()

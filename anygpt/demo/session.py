@@ -33,20 +33,11 @@ class DemoSession:
     """
 
     def __init__(self, config: str | Path = CONFIG, overrides: Sequence[str] = (), batch_size: int = 8):
-        import os
-
-        from anygpt.cli_classes import predict_model_cli_class
+        from anygpt.cli_classes import load_predict_model
         from anygpt.quiet import quiet_third_party
 
         quiet_third_party()
-        here = os.getcwd()
-        os.chdir(ROOT)  # the config names files relative to the repository root
-        try:
-            cli = predict_model_cli_class()(args=["--config", str(config), "--trainer.logger", "false",
-                                                  "--trainer.callbacks", "[]", *overrides], run=False)
-        finally:
-            os.chdir(here)
-        self.model = cli.model.eval()
+        self.model = load_predict_model(config, overrides, root=ROOT)  # its paths are the repository root's
         self.batch_size = batch_size
 
     def _answer(self, lines: list[str], seed: int) -> list[dict]:

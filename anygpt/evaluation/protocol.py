@@ -1,0 +1,62 @@
+"""An evaluation protocol: which model, which pinned samples, how to decode, what to score, where to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from anygpt import AnyGPTError
+
+#: What each task generates from what: the request's source and target modality.
+TASKS = {"asr": ("speech", "text")}
+
+
+@dataclass
+class EvalProtocol:
+    """One evaluation, as ``anygpt evaluate --config configs/eval/<task>.yaml`` reads it.
+
+    Args:
+        task: What is evaluated: ``asr`` (speech -> text, word error rate).
+        model_config: The predict config whose model is evaluated (``anygpt predict --config``).
+        overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
+        samples: The pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
+            (a path under ``data_root``), or a line of the demo world's held-out list
+            (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is rendered by
+            espeak-ng.
+        data_root: Where the data set the sample paths name lies (LibriSpeech's ``LibriSpeech/test-clean``, say).
+        download_hint: What to download when ``data_root`` lacks a sample (said in the error).
+        limit: Evaluate only the first ``limit`` samples (None: all).
+        batch_size: Samples generated together.
+        seed: Sample ``i`` of the list is generated with seed ``seed + i``, whatever the batch or a resumed run.
+        generation: Decoding per target over the model config's presets, e.g. ``{text: {num_beams: 5, do_sample:
+            false}}`` (the paper's Table 9).
+        metrics: What is scored: ``wer`` and ``cer`` (jiwer, corpus-level: edits over reference words or
+            characters).
+        normalizer: Text normalisation of both sides before scoring: ``basic`` (lowercase, punctuation dropped,
+            spaces collapsed) or ``none``.
+        output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
+    """
+
+    task: Literal["asr"]
+    model_config: str
+    samples: str
+    output_dir: str
+    overrides: list[str] = field(default_factory=list)
+    data_root: str | None = None
+    download_hint: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    generation: dict[str, dict] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: ["wer"])
+    normalizer: Literal["basic", "none"] = "basic"
+
+    def __post_init__(self):
+        from anygpt.evaluation.scorers import METRICS
+
+        unknown = [m for m in self.metrics if m not in METRICS.get(self.task, {})]
+        if unknown:
+            raise AnyGPTError(f"metrics: {unknown[0]!r} is not a metric of task {self.task} (known: "
+                              f"{', '.join(METRICS.get(self.task, {}))})")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise AnyGPTError(f"batch_size and limit must be at least 1, got {self.batch_size} and {self.limit}")

@@ -1,0 +1,76 @@
+"""A protocol's pinned samples: read, checked, and turned into request inputs (files on disk)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from anygpt import AnyGPTError
+
+
+@dataclass
+class Sample:
+    """One pinned sample: its id, reference text, and the input file (None where it could not be made)."""
+
+    index: int
+    id: str
+    reference: str
+    source: dict
+    input_path: Path | None = None
+    problem: str | None = None
+
+
+def read_samples(path: str | Path, limit: int | None = None) -> list[Sample]:
+    """The samples of a pinned list (JSONL), in order; a line that is not a sample is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnyGPTError(f"samples: no sample list at {path}")
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise AnyGPTError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise AnyGPTError(f"{path}:{number}: a sample needs a text (its reference)")
+        if "audio" not in record and record.get("modality") != "speech":
+            continue  # other modalities of a mixed list (the demo's held-out list)
+        ident = str(record.get("id", f"{path.stem}-{len(samples):05d}"))
+        samples.append(Sample(len(samples), ident, record["text"], record))
+        if limit is not None and len(samples) >= limit:
+            break
+    if not samples:
+        raise AnyGPTError(f"samples: {path} holds no sample of this task")
+    return samples
+
+
+def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_hint: str | None) -> None:
+    """Point ``sample.input_path`` at its audio: a file under ``data_root``, or the demo line rendered by espeak-ng
+    into ``folder``. A missing data set is an error (it names what to download); an unreadable or empty sample is
+    marked (``problem``) and skipped by the runner."""
+    record = sample.source
+    if "audio" in record:
+        if data_root is None or not Path(data_root).is_dir():
+            hint = f" (download: {download_hint})" if download_hint else ""
+            raise AnyGPTError(f"data_root: the data set is not at {data_root}{hint}")
+        path = Path(data_root) / record["audio"]
+        if not path.is_file():
+            sample.problem = f"missing file {path}"
+        elif not sample.reference.strip():
+            sample.problem = "empty reference"
+        else:
+            sample.input_path = path
+        return
+    import soundfile
+
+    from anygpt.demo.heldout import speak
+
+    path = folder / f"{sample.index:05d}.wav"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        audio = speak(record)[0]
+        soundfile.write(path, audio, 16000)
+    sample.input_path = path

@@ -1,0 +1,40 @@
+"""The metrics of each task, from maintained libraries (jiwer), over normalised text."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+
+
+def basic_normalize(text: str) -> str:
+    """Lowercase, punctuation and symbols dropped (apostrophes inside words kept), spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"(?<![\w])'|'(?![\w])", " ", text)
+    text = "".join(c if c.isalnum() or c == "'" or c.isspace() else " " for c in text)
+    return " ".join(text.split())
+
+
+NORMALIZERS: dict[str, Callable[[str], str]] = {"basic": basic_normalize, "none": lambda text: text}
+
+
+def _jiwer(name: str) -> Callable[[Sequence[str], Sequence[str]], float]:
+    def score(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+        import jiwer
+
+        references, hypotheses = list(references), list(hypotheses)
+        if not references:
+            return float("nan")
+        return float(getattr(jiwer, name)(references, hypotheses))  # empty references are refused when read
+    return score
+
+
+#: Corpus-level metrics per task: ``metric(references, hypotheses)`` over normalised text.
+METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] = {
+    "asr": {"wer": _jiwer("wer"), "cer": _jiwer("cer")},
+}
+
+
+def per_sample(task: str, metrics: Sequence[str], reference: str, hypothesis: str) -> dict[str, float]:
+    """Each metric of one sample alone (the corpus-level figure is not their mean)."""
+    return {name: METRICS[task][name]([reference], [hypothesis]) for name in metrics}
