@@ -8,7 +8,7 @@ from typing import Literal
 from anygpt import AnyGPTError
 
 #: What each task generates from what: the request's source and target modality.
-TASKS = {"asr": ("speech", "text")}
+TASKS = {"asr": ("speech", "text"), "tts": ("text", "speech")}
 
 
 @dataclass
@@ -16,13 +16,15 @@ class EvalProtocol:
     """One evaluation, as ``anygpt evaluate --config configs/eval/<task>.yaml`` reads it.
 
     Args:
-        task: What is evaluated: ``asr`` (speech -> text, word error rate).
+        task: What is evaluated: ``asr`` (speech -> text: error rates of the transcript) or ``tts`` (text and a
+            voice prompt -> speech: error rates of the output's transcript by ``recogniser``, and its speaker
+            similarity to the prompt by ``speaker_model``).
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
         samples: The pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
-            (a path under ``data_root``), or a line of the demo world's held-out list
-            (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is rendered by
-            espeak-ng.
+            (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
+            held-out list (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is
+            rendered by espeak-ng (tts: the prompt is the next line's sentence in this line's voice).
         data_root: Where the data set the sample paths name lies (LibriSpeech's ``LibriSpeech/test-clean``, say).
         download_hint: What to download when ``data_root`` lacks a sample (said in the error).
         limit: Evaluate only the first ``limit`` samples (None: all).
@@ -31,13 +33,17 @@ class EvalProtocol:
         generation: Decoding per target over the model config's presets, e.g. ``{text: {num_beams: 5, do_sample:
             false}}`` (the paper's Table 9).
         metrics: What is scored: ``wer`` and ``cer`` (jiwer, corpus-level: edits over reference words or
-            characters).
+            characters); tts also ``sim`` (mean cosine of output and prompt speaker embeddings).
+        recogniser: tts: who transcribes the output: ``self`` (the evaluated model's own speech -> text) or a
+            transformers speech-recognition model by id or path (the paper: ``openai/whisper-medium``).
+        speaker_model: tts: a transformers ``WavLMForXVector`` by id or path (the paper's SIM model) or
+            ``resemblyzer``.
         normalizer: Text normalisation of both sides before scoring: ``basic`` (lowercase, punctuation dropped,
             spaces collapsed) or ``none``.
         output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
     """
 
-    task: Literal["asr"]
+    task: Literal["asr", "tts"]
     model_config: str
     samples: str
     output_dir: str
@@ -50,6 +56,8 @@ class EvalProtocol:
     generation: dict[str, dict] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["wer"])
     normalizer: Literal["basic", "none"] = "basic"
+    recogniser: str = "self"
+    speaker_model: str = "microsoft/wavlm-base-plus-sv"
 
     def __post_init__(self):
         from anygpt.evaluation.scorers import METRICS

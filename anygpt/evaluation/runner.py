@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from anygpt.cli_classes import load_predict_model
-from anygpt.evaluation.protocol import TASKS, EvalProtocol
+from anygpt.evaluation.protocol import EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, read_samples
 from anygpt.evaluation.scorers import METRICS, NORMALIZERS, per_sample
 
@@ -28,8 +28,10 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     todo = [s for s in samples if s.id not in done]
     skipped = []
     if todo:
+        key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
-            prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint)
+            following = samples[(sample.index + 1) % len(samples)].source
+            prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following)
         skipped = [s for s in todo if s.problem]
         runnable = [s for s in todo if not s.problem]
         if runnable:
@@ -58,33 +60,78 @@ def _finished(path: Path) -> dict[str, dict]:
     return {line["id"]: line for line in lines}
 
 
+def _request(task: str, sample: Sample) -> str:
+    if task == "asr":
+        return f"speech|text|{sample.input_path.resolve()}"
+    return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
+
+
 def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path) -> None:
     import torch
     from tqdm import tqdm
 
     from anygpt.data.requests import read_requests
 
-    source, target = TASKS[protocol.task]
     normalize = NORMALIZERS[protocol.normalizer]
+    listen = _listeners(protocol, model) if protocol.task == "tts" else None
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
             batch = samples[start: start + protocol.batch_size]
-            requests = read_requests([f"{source}|{target}|{s.input_path.resolve()}" for s in batch])
+            requests = read_requests([_request(protocol.task, s) for s in batch])
             for request, sample in zip(requests, batch):
                 request.seed = protocol.seed + sample.index
             with torch.inference_mode():
                 answers = model.predict_step(requests)
+            outputs = _outputs(protocol, path.parent, batch, answers, listen)
             lines = []
-            for sample, answer in zip(batch, answers):
-                hypothesis = answer.get("text") or "" if answer.get("status") == "ok" else ""
+            for sample, answer, (hypothesis, extra) in zip(batch, answers, outputs):
+                output = extra.pop("output", None)
                 scores = per_sample(protocol.task, protocol.metrics, normalize(sample.reference),
                                     normalize(hypothesis))
-                lines.append({"id": sample.id, "index": sample.index, "reference": sample.reference,
-                              "hypothesis": hypothesis, "scores": scores, "status": answer.get("status"),
-                              "error": answer.get("error"), "input": str(sample.input_path)})
+                line = {"id": sample.id, "index": sample.index, "reference": sample.reference,
+                        "hypothesis": hypothesis, "scores": {**scores, **extra}, "status": answer.get("status"),
+                        "error": answer.get("error"), "input": str(sample.input_path)}
+                lines.append(line | ({"output": output} if output else {}))
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
             bar.update(len(batch))
+
+
+def _listeners(protocol: EvalProtocol, model) -> tuple:
+    from anygpt.evaluation.listeners import Recogniser, SpeakerEncoder
+
+    speaker = SpeakerEncoder(protocol.speaker_model) if "sim" in protocol.metrics else None
+    return Recogniser(protocol.recogniser, model), speaker
+
+
+def _outputs(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], listen) -> list:
+    """Per sample: the hypothesis text and, for tts, the output file and its speaker similarity to the prompt."""
+    ok = [a.get("status") == "ok" for a in answers]
+    if listen is None:
+        return [((a.get("text") or "") if good else "", {}) for a, good in zip(answers, ok)]
+    import soundfile
+
+    recogniser, speaker = listen
+    folder = out / "outputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for sample, answer, good in zip(batch, answers, ok):
+        path = folder / f"{sample.index:05d}.wav"
+        if good:
+            soundfile.write(path, answer["media"].reshape(-1).float().numpy(), answer.get("sample_rate", 16000))
+        files.append(path if good else None)
+    spoken = [f for f in files if f is not None]
+    heard = dict(zip(spoken, recogniser(spoken, protocol.seed))) if spoken else {}
+    results = []
+    for sample, path in zip(batch, files):
+        if path is None:
+            results.append(("", {}))
+            continue
+        extra = {"output": str(path)}
+        if speaker is not None:
+            extra["sim"] = speaker.similarity(path, sample.input_path)
+        results.append((heard[path], extra))
+    return results
 
 
 def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample]) -> dict:
@@ -92,8 +139,15 @@ def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, di
     finished = [done[s.id] for s in samples if s.id in done]
     references = [normalize(line["reference"]) for line in finished]
     hypotheses = [normalize(line["hypothesis"]) for line in finished]
-    metrics = {name: METRICS[protocol.task][name](references, hypotheses) if finished else None
-               for name in protocol.metrics}
+    metrics = {}
+    for name in protocol.metrics:
+        if not finished:
+            metrics[name] = None
+        elif METRICS[protocol.task][name] is None:  # a mean of the samples' own scores (sim)
+            values = [line["scores"][name] for line in finished if name in line["scores"]]
+            metrics[name] = sum(values) / len(values) if values else None
+        else:
+            metrics[name] = METRICS[protocol.task][name](references, hypotheses)
     return {"task": protocol.task, "metrics": metrics, "samples": len(samples), "scored": len(finished),
             "failed": sum(line["status"] != "ok" for line in finished),
             "skipped": [{"id": s.id, "problem": s.problem} for s in skipped],
@@ -104,7 +158,7 @@ def table(summary: dict) -> str:
     """The summary as a Markdown table: one row per metric (percent), with the sample counts."""
     rows = ["| task | metric | value | scored / samples | failed | skipped |", "|---|---|---|---|---|---|"]
     for name, value in summary["metrics"].items():
-        shown = "n/a" if value is None else f"{100 * value:.2f} %"
+        shown = "n/a" if value is None else f"{value:.3f}" if name == "sim" else f"{100 * value:.2f} %"
         rows.append(f"| {summary['task']} | {name} | {shown} | {summary['scored']} / "
                     f"{summary['samples']} | {summary['failed']} | {len(summary['skipped'])} |")
     return "\n".join(rows)

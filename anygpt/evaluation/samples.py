@@ -36,7 +36,7 @@ def read_samples(path: str | Path, limit: int | None = None) -> list[Sample]:
             raise AnyGPTError(f"{path}:{number}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise AnyGPTError(f"{path}:{number}: a sample needs a text (its reference)")
-        if "audio" not in record and record.get("modality") != "speech":
+        if not {"audio", "prompt"} & set(record) and record.get("modality") != "speech":
             continue  # other modalities of a mixed list (the demo's held-out list)
         ident = str(record.get("id", f"{path.stem}-{len(samples):05d}"))
         samples.append(Sample(len(samples), ident, record["text"], record))
@@ -47,16 +47,18 @@ def read_samples(path: str | Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
-def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_hint: str | None) -> None:
-    """Point ``sample.input_path`` at its audio: a file under ``data_root``, or the demo line rendered by espeak-ng
-    into ``folder``. A missing data set is an error (it names what to download); an unreadable or empty sample is
-    marked (``problem``) and skipped by the runner."""
+def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_hint: str | None,
+                  key: str = "audio", following: dict | None = None) -> None:
+    """Point ``sample.input_path`` at its audio (``key``: ``audio``, or ``prompt`` for a voice prompt): a file under
+    ``data_root``, or the demo line rendered by espeak-ng into ``folder`` (a prompt: ``following``'s sentence in
+    this line's voice). A missing data set is an error (it names what to download); a missing file or an empty
+    reference marks the sample (``problem``), which the runner skips and counts."""
     record = sample.source
-    if "audio" in record:
+    if key in record:
         if data_root is None or not Path(data_root).is_dir():
             hint = f" (download: {download_hint})" if download_hint else ""
             raise AnyGPTError(f"data_root: the data set is not at {data_root}{hint}")
-        path = Path(data_root) / record["audio"]
+        path = Path(data_root) / record[key]
         if not path.is_file():
             sample.problem = f"missing file {path}"
         elif not sample.reference.strip():
@@ -68,9 +70,9 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
 
     from anygpt.demo.heldout import speak
 
-    path = folder / f"{sample.index:05d}.wav"
+    spoken = record if key == "audio" else {**record, "text": (following or record)["text"]}
+    path = folder / f"{sample.index:05d}{'' if key == 'audio' else '_prompt'}.wav"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        audio = speak(record)[0]
-        soundfile.write(path, audio, 16000)
+        soundfile.write(path, speak(spoken)[0], 16000)
     sample.input_path = path

@@ -32,9 +32,10 @@ def _jiwer(name: str) -> Callable[[Sequence[str], Sequence[str]], float]:
 #: Corpus-level metrics per task: ``metric(references, hypotheses)`` over normalised text.
 METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] = {
     "asr": {"wer": _jiwer("wer"), "cer": _jiwer("cer")},
+    "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # sim: the mean of the samples' cosines
 }
 
 
 def per_sample(task: str, metrics: Sequence[str], reference: str, hypothesis: str) -> dict[str, float]:
-    """Each metric of one sample alone (the corpus-level figure is not their mean)."""
-    return {name: METRICS[task][name]([reference], [hypothesis]) for name in metrics}
+    """Each text metric of one sample alone (the corpus-level figure is not their mean)."""
+    return {name: METRICS[task][name]([reference], [hypothesis]) for name in metrics if METRICS[task][name]}

@@ -118,3 +118,59 @@ def test_wer_scorer_agrees_with_torchmetrics_on_edits():
     assert METRICS["asr"]["wer"](refs, hyps) == pytest.approx(float(word_error_rate(hyps, refs)))
     assert METRICS["asr"]["wer"](refs, hyps) == pytest.approx(4 / 9)
     assert torch.isfinite(torch.tensor(METRICS["asr"]["cer"](refs, hyps)))
+
+
+@pytest.fixture(scope="module")
+def xvector(tmp_path_factory) -> Path:
+    """A tiny random WavLMForXVector with its feature extractor, saved where the protocol can load it offline."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    torch.manual_seed(0)
+    config = WavLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                         conv_dim=(16, 16), conv_stride=(5, 5), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16), tdnn_kernel=(3, 1),
+                         tdnn_dilation=(1, 1), xvector_output_dim=12)
+    folder = tmp_path_factory.mktemp("xvector")
+    WavLMForXVector(config).eval().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+def test_demo_tts_speaks_what_it_is_given_and_scores_its_voice_against_the_prompt(demo, tmp_path, xvector):
+    """The TTS twin: the output is transcribed by the model itself (WER against torchmetrics on the written
+    transcripts; the demo says the held-out sentences), and SIM is the cosine of WavLM x-vectors of output and
+    prompt, equal to the same model called directly on the written files."""
+    from torchmetrics.functional.text import word_error_rate
+    from transformers import AutoFeatureExtractor, WavLMForXVector
+
+    from anygpt.evaluation.listeners import read_16k
+
+    summary = evaluate(protocol(tmp_path, task="tts", limit=2, metrics=["wer", "sim"], recogniser="self",
+                                speaker_model=str(xvector)), model=demo)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    refs = [basic_normalize(line["reference"]) for line in lines]
+    hyps = [basic_normalize(line["hypothesis"]) for line in lines]
+    print(summary["metrics"], hyps)
+    assert summary["metrics"]["wer"] == pytest.approx(float(word_error_rate(hyps, refs)), abs=1e-9)
+    assert summary["metrics"]["wer"] <= 0.3  # the demo speaks held-out sentences its recogniser understands
+    extractor, model = AutoFeatureExtractor.from_pretrained(xvector), WavLMForXVector.from_pretrained(xvector)
+
+    def embed(path) -> torch.Tensor:
+        inputs = extractor(read_16k(path), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            return torch.nn.functional.normalize(model(**inputs).embeddings[0].double(), dim=0)
+
+    sims = [float(embed(line["output"]) @ embed(line["input"])) for line in lines]
+    assert [line["scores"]["sim"] for line in lines] == pytest.approx(sims, abs=1e-6)
+    assert summary["metrics"]["sim"] == pytest.approx(sum(sims) / len(sims), abs=1e-6)
+    assert all(Path(line["output"]).is_file() and line["input"].endswith("_prompt.wav") for line in lines)
+
+
+def test_unloadable_listeners_are_one_line():
+    from anygpt.evaluation.listeners import Recogniser, SpeakerEncoder
+
+    for make, word in ((lambda: Recogniser("/nonexistent/whisper"), "recogniser"),
+                       (lambda: SpeakerEncoder("/nonexistent/wavlm"), "speaker_model")):
+        with pytest.raises(AnyGPTError, match=word) as err:
+            make()
+        assert "\n" not in str(err.value)
