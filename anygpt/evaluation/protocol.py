@@ -30,6 +30,8 @@ class EvalProtocol:
         limit: Evaluate only the first ``limit`` samples (None: all).
         batch_size: Samples generated together.
         seed: Sample ``i`` of the list is generated with seed ``seed + i``, whatever the batch or a resumed run.
+        instruction: The one instruction every sample's prompt carries (a protocol pins it); None draws one from
+            the model's pools with the sample's seed (each sample's is written to ``samples.jsonl``).
         generation: Decoding per target over the model config's presets, e.g. ``{text: {num_beams: 5, do_sample:
             false}}`` (the paper's Table 9).
         metrics: What is scored: ``wer`` and ``cer`` (jiwer, corpus-level: edits over reference words or
@@ -53,6 +55,7 @@ class EvalProtocol:
     limit: int | None = None
     batch_size: int = 8
     seed: int = 0
+    instruction: str | None = None
     generation: dict[str, dict] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["wer"])
     normalizer: Literal["basic", "none"] = "basic"

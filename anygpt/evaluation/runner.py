@@ -79,7 +79,7 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path) 
             batch = samples[start: start + protocol.batch_size]
             requests = read_requests([_request(protocol.task, s) for s in batch])
             for request, sample in zip(requests, batch):
-                request.seed = protocol.seed + sample.index
+                request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
             with torch.inference_mode():
                 answers = model.predict_step(requests)
             outputs = _outputs(protocol, path.parent, batch, answers, listen)
@@ -90,7 +90,8 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path) 
                                     normalize(hypothesis))
                 line = {"id": sample.id, "index": sample.index, "reference": sample.reference,
                         "hypothesis": hypothesis, "scores": {**scores, **extra}, "status": answer.get("status"),
-                        "error": answer.get("error"), "input": str(sample.input_path)}
+                        "error": answer.get("error"), "instruction": answer.get("instruction"),
+                        "input": str(sample.input_path)}
                 lines.append(line | ({"output": output} if output else {}))
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)

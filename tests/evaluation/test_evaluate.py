@@ -50,10 +50,11 @@ def test_demo_asr_scores_what_it_wrote_and_resumes_to_the_same_summary(demo, tmp
     from torchmetrics.functional.text import char_error_rate, word_error_rate
 
     counting = Counting(demo)
-    summary = evaluate(protocol(tmp_path), model=counting)
+    summary = evaluate(protocol(tmp_path, instruction="Transcribe the audio."), model=counting)
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == [0, 1, 2, 3] and counting.asked == 4
+    assert {line["instruction"] for line in lines} == {"Transcribe the audio."}  # pinned, not drawn
     refs = [basic_normalize(line["reference"]) for line in lines]
     hyps = [basic_normalize(line["hypothesis"]) for line in lines]
     print(summary["metrics"], hyps)
@@ -66,9 +67,9 @@ def test_demo_asr_scores_what_it_wrote_and_resumes_to_the_same_summary(demo, tmp
     (out / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:2]))
     (out / "summary.json").unlink()
     again = Counting(demo)
-    evaluate(protocol(tmp_path), model=again)
+    evaluate(protocol(tmp_path, instruction="Transcribe the audio."), model=again)
     assert again.asked == 2 and (out / "summary.json").read_text() == first
-    evaluate(protocol(tmp_path), model=again)  # nothing left to do
+    evaluate(protocol(tmp_path, instruction="Transcribe the audio."), model=again)  # nothing left to do
     assert again.asked == 2
 
 
