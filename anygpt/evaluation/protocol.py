@@ -21,12 +21,15 @@ class EvalProtocol:
             similarity to the prompt by ``speaker_model``).
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
-        samples: The pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
+        samples: ``librispeech``: every utterance under ``data_root`` (a LibriSpeech split's folder, its
+            ``*.trans.txt`` transcripts), in id order, their count checked against ``expected_count``; else the
+            pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
             (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
             held-out list (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is
             rendered by espeak-ng (tts: the prompt is the next line's sentence in this line's voice).
         data_root: Where the data set the sample paths name lies (LibriSpeech's ``LibriSpeech/test-clean``, say).
         download_hint: What to download when ``data_root`` lacks a sample (said in the error).
+        expected_count: How many samples the data set must give (a whole split pinned by its size).
         limit: Evaluate only the first ``limit`` samples (None: all).
         batch_size: Samples generated together.
         seed: Sample ``i`` of the list is generated with seed ``seed + i``, whatever the batch or a resumed run.
@@ -41,7 +44,9 @@ class EvalProtocol:
         speaker_model: tts: a transformers ``WavLMForXVector`` by id or path (the paper's SIM model) or
             ``resemblyzer``.
         normalizer: Text normalisation of both sides before scoring: ``basic`` (lowercase, punctuation dropped,
-            spaces collapsed) or ``none``.
+            spaces collapsed), ``whisper`` (Whisper's English normaliser, as the paper's peers score) or ``none``.
+        normalizer_mapping: ``whisper``: where its spelling map (``normalizer.json``) comes from, a Whisper
+            tokenizer's repo id or folder, or the file.
         output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
     """
 
@@ -52,13 +57,15 @@ class EvalProtocol:
     overrides: list[str] = field(default_factory=list)
     data_root: str | None = None
     download_hint: str | None = None
+    expected_count: int | None = None
     limit: int | None = None
     batch_size: int = 8
     seed: int = 0
     instruction: str | None = None
     generation: dict[str, dict] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["wer"])
-    normalizer: Literal["basic", "none"] = "basic"
+    normalizer: Literal["basic", "whisper", "none"] = "basic"
+    normalizer_mapping: str = "openai/whisper-medium"
     recogniser: str = "self"
     speaker_model: str = "microsoft/wavlm-base-plus-sv"
 

@@ -16,14 +16,16 @@ from pathlib import Path
 from anygpt.cli_classes import load_predict_model
 from anygpt.evaluation.protocol import EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, read_samples
-from anygpt.evaluation.scorers import METRICS, NORMALIZERS, per_sample
+from anygpt.evaluation.scorers import METRICS, normalizer, per_sample
 
 
 def evaluate(protocol: EvalProtocol, model=None) -> dict:
     """Run ``protocol`` (with ``model``, or the one its ``model_config`` builds) and return the summary."""
     out = Path(protocol.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = read_samples(protocol.samples, protocol.limit)
+    samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
+                           protocol.expected_count)
+    normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     done = _finished(out / "samples.jsonl")
     todo = [s for s in samples if s.id not in done]
     skipped = []
@@ -37,8 +39,8 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
         if runnable:
             model = model if model is not None else load_predict_model(protocol.model_config, protocol.overrides)
             apply_generation(model, protocol.generation)
-            _generate(protocol, model, runnable, out / "samples.jsonl")
-    summary = _summarise(protocol, samples, _finished(out / "samples.jsonl"), skipped)
+            _generate(protocol, model, runnable, out / "samples.jsonl", normalize)
+    summary = _summarise(protocol, samples, _finished(out / "samples.jsonl"), skipped, normalize)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (out / "table.md").write_text(table(summary) + "\n", encoding="utf-8")
     return summary
@@ -66,13 +68,12 @@ def _request(task: str, sample: Sample) -> str:
     return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
 
 
-def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path) -> None:
+def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, normalize) -> None:
     import torch
     from tqdm import tqdm
 
     from anygpt.data.requests import read_requests
 
-    normalize = NORMALIZERS[protocol.normalizer]
     listen = _listeners(protocol, model) if protocol.task == "tts" else None
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
@@ -135,8 +136,8 @@ def _outputs(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: li
     return results
 
 
-def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample]) -> dict:
-    normalize = NORMALIZERS[protocol.normalizer]
+def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample],
+               normalize) -> dict:
     finished = [done[s.id] for s in samples if s.id in done]
     references = [normalize(line["reference"]) for line in finished]
     hypotheses = [normalize(line["hypothesis"]) for line in finished]

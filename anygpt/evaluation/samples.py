@@ -21,8 +21,12 @@ class Sample:
     problem: str | None = None
 
 
-def read_samples(path: str | Path, limit: int | None = None) -> list[Sample]:
-    """The samples of a pinned list (JSONL), in order; a line that is not a sample is an error naming it."""
+def read_samples(path: str | Path, limit: int | None = None, data_root: str | None = None,
+                 download_hint: str | None = None, expected_count: int | None = None) -> list[Sample]:
+    """The samples of a pinned list (JSONL), in order, or of a LibriSpeech split (``path`` ``librispeech``); a line
+    that is not a sample is an error naming it."""
+    if str(path) == "librispeech":
+        return librispeech(data_root, download_hint, expected_count)[:limit]
     path = Path(path)
     if not path.is_file():
         raise AnyGPTError(f"samples: no sample list at {path}")
@@ -76,3 +80,26 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
         folder.mkdir(parents=True, exist_ok=True)
         soundfile.write(path, speak(spoken)[0], 16000)
     sample.input_path = path
+
+
+def librispeech(data_root: str | None, download_hint: str | None, expected_count: int | None) -> list[Sample]:
+    """Every utterance of a LibriSpeech split folder (``<speaker>/<chapter>/<id>.flac`` beside
+    ``<speaker>-<chapter>.trans.txt``), in id order, with its transcript as the reference."""
+    root = Path(data_root) if data_root else None
+    transcripts = sorted(root.glob("*/*/*.trans.txt")) if root is not None and root.is_dir() else []
+    if not transcripts:
+        hint = f" (download: {download_hint})" if download_hint else ""
+        raise AnyGPTError(f"data_root: no LibriSpeech split at {data_root}{hint}")
+    entries = []
+    for listing in transcripts:
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                ident, _, text = line.strip().partition(" ")
+                audio = listing.parent.relative_to(root) / f"{ident}.flac"
+                entries.append((ident, text, str(audio)))
+    entries.sort()
+    if expected_count is not None and len(entries) != expected_count:
+        raise AnyGPTError(f"data_root: {data_root} holds {len(entries)} utterances, the protocol pins "
+                          f"{expected_count}")
+    return [Sample(i, ident, text, {"id": ident, "text": text, "audio": audio})
+            for i, (ident, text, audio) in enumerate(entries)]

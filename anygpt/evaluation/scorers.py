@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from anygpt.messages import one_line
 
 
 def basic_normalize(text: str) -> str:
@@ -15,7 +18,31 @@ def basic_normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def whisper_normalizer(mapping: str) -> Callable[[str], str]:
+    """Whisper's English normaliser (transformers' copy of ``openai/whisper``'s ``EnglishTextNormalizer``:
+    contractions, titles, numbers to digits, symbols), with the British-to-American spelling map of
+    ``normalizer.json`` from ``mapping``: a Whisper tokenizer repo id or folder, or the file itself."""
+    import json
+
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from anygpt import AnyGPTError
+    from anygpt.hub import resolve
+
+    try:
+        path = Path(mapping) if Path(mapping).is_file() else resolve(mapping, "normalizer.json")
+        spelling = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, AnyGPTError) as err:
+        raise AnyGPTError(f"normalizer_mapping: no normalizer.json from {mapping} ({one_line(err)})") from None
+    return EnglishTextNormalizer(spelling)
+
+
 NORMALIZERS: dict[str, Callable[[str], str]] = {"basic": basic_normalize, "none": lambda text: text}
+
+
+def normalizer(name: str, mapping: str | None = None) -> Callable[[str], str]:
+    """The named normaliser (``whisper`` reads its spelling map from ``mapping``)."""
+    return whisper_normalizer(mapping or "openai/whisper-medium") if name == "whisper" else NORMALIZERS[name]
 
 
 def _jiwer(name: str) -> Callable[[Sequence[str], Sequence[str]], float]:

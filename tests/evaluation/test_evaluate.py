@@ -175,3 +175,44 @@ def test_unloadable_listeners_are_one_line():
         with pytest.raises(AnyGPTError, match=word) as err:
             make()
         assert "\n" not in str(err.value)
+
+
+def test_a_librispeech_split_is_read_in_id_order_with_its_transcripts(demo, tmp_path):
+    """A LibriSpeech-shaped folder (two speakers, upper-case transcripts, FLAC): every utterance in id order, the
+    count checked against the protocol's pin, and the demo transcribes them (its own held-out sentences)."""
+    import soundfile
+
+    from anygpt.demo.heldout import read, speak
+
+    root = tmp_path / "test-clean"
+    lines = read(modality="speech")[:3]
+    for (speaker, chapter, utt), line in zip([("908", "31957", 1), ("121", "121726", 0), ("908", "31957", 0)],
+                                             lines):
+        folder = root / speaker / chapter
+        folder.mkdir(parents=True, exist_ok=True)
+        ident = f"{speaker}-{chapter}-{utt:04d}"
+        soundfile.write(folder / f"{ident}.flac", speak(line)[0], 16000)
+        with (folder / f"{speaker}-{chapter}.trans.txt").open("a") as f:
+            f.write(f"{ident} {line['text'].upper()}\n")
+    summary = evaluate(protocol(tmp_path, samples="librispeech", data_root=str(root), expected_count=3,
+                                limit=None), model=demo)
+    written = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in written] == ["121-121726-0000", "908-31957-0000", "908-31957-0001"]
+    assert written[0]["reference"] == lines[1]["text"].upper()
+    assert summary["scored"] == 3 and summary["metrics"]["wer"] <= 0.25, written
+    with pytest.raises(AnyGPTError, match="holds 3 utterances, the protocol pins 2620"):
+        evaluate(protocol(tmp_path, samples="librispeech", data_root=str(root), expected_count=2620))
+    with pytest.raises(AnyGPTError, match="no LibriSpeech split"):
+        evaluate(protocol(tmp_path, samples="librispeech", data_root=str(tmp_path / "none")))
+
+
+def test_whisper_normaliser_with_its_spelling_map(tmp_path):
+    from anygpt.evaluation.scorers import normalizer
+
+    (tmp_path / "normalizer.json").write_text(json.dumps({"colour": "color"}))
+    whisper = normalizer("whisper", str(tmp_path))
+    assert whisper("The COLOUR of twenty-one boxes, isn't it?") == "the color of 21 boxes is not it"
+    assert whisper("Mr. Brown") == "mister brown"
+    with pytest.raises(AnyGPTError, match="normalizer_mapping: no normalizer.json") as err:
+        normalizer("whisper", str(tmp_path / "empty"))
+    assert "\n" not in str(err.value)
