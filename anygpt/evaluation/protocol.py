@@ -22,14 +22,17 @@ class EvalProtocol:
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
         samples: ``librispeech``: every utterance under ``data_root`` (a LibriSpeech split's folder, its
-            ``*.trans.txt`` transcripts), in id order, their count checked against ``expected_count``; else the
-            pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
+            ``*.trans.txt`` transcripts), in id order; ``vctk``: one sample per VCTK 0.92 speaker under
+            ``data_root`` (``anygpt.evaluation.samples.vctk``); the count checked against ``expected_count``; else
+            the pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
             (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
             held-out list (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is
             rendered by espeak-ng (tts: the prompt is the next line's sentence in this line's voice).
         data_root: Where the data set the sample paths name lies (LibriSpeech's ``LibriSpeech/test-clean``, say).
         download_hint: What to download when ``data_root`` lacks a sample (said in the error).
         expected_count: How many samples the data set must give (a whole split pinned by its size).
+        prompt_seconds: tts: a data set's voice prompt is its first ``prompt_seconds`` (the paper: 3 s); None:
+            all of it.
         limit: Evaluate only the first ``limit`` samples (None: all).
         batch_size: Samples generated together.
         seed: Sample ``i`` of the list is generated with seed ``seed + i``, whatever the batch or a resumed run.
@@ -58,6 +61,7 @@ class EvalProtocol:
     data_root: str | None = None
     download_hint: str | None = None
     expected_count: int | None = None
+    prompt_seconds: float | None = None
     limit: int | None = None
     batch_size: int = 8
     seed: int = 0

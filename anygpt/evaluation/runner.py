@@ -33,7 +33,8 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
         key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
             following = samples[(sample.index + 1) % len(samples)].source
-            prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following)
+            prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following,
+                          protocol.prompt_seconds)
         skipped = [s for s in todo if s.problem]
         runnable = [s for s in todo if not s.problem]
         if runnable:

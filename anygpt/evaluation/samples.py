@@ -25,8 +25,12 @@ def read_samples(path: str | Path, limit: int | None = None, data_root: str | No
                  download_hint: str | None = None, expected_count: int | None = None) -> list[Sample]:
     """The samples of a pinned list (JSONL), in order, or of a LibriSpeech split (``path`` ``librispeech``); a line
     that is not a sample is an error naming it."""
-    if str(path) == "librispeech":
-        return librispeech(data_root, download_hint, expected_count)[:limit]
+    if str(path) in READERS:
+        found = READERS[str(path)](data_root, download_hint)
+        if expected_count is not None and len(found) != expected_count:
+            raise AnyGPTError(f"data_root: {data_root} gives {len(found)} samples, the protocol pins "
+                              f"{expected_count}")
+        return found[:limit]
     path = Path(path)
     if not path.is_file():
         raise AnyGPTError(f"samples: no sample list at {path}")
@@ -51,12 +55,25 @@ def read_samples(path: str | Path, limit: int | None = None, data_root: str | No
     return samples
 
 
+def _cut(source: Path, target: Path, seconds: float) -> Path:
+    """The first ``seconds`` of ``source`` written to ``target`` (at its own rate)."""
+    import soundfile
+
+    if not target.is_file():
+        info = soundfile.info(str(source))
+        audio, rate = soundfile.read(str(source), frames=int(round(seconds * info.samplerate)), dtype="float32")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(target), audio, rate)
+    return target
+
+
 def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_hint: str | None,
-                  key: str = "audio", following: dict | None = None) -> None:
+                  key: str = "audio", following: dict | None = None, prompt_seconds: float | None = None) -> None:
     """Point ``sample.input_path`` at its audio (``key``: ``audio``, or ``prompt`` for a voice prompt): a file under
-    ``data_root``, or the demo line rendered by espeak-ng into ``folder`` (a prompt: ``following``'s sentence in
-    this line's voice). A missing data set is an error (it names what to download); a missing file or an empty
-    reference marks the sample (``problem``), which the runner skips and counts."""
+    ``data_root`` (a prompt cut to its first ``prompt_seconds``), or the demo line rendered by espeak-ng into
+    ``folder`` (a prompt: ``following``'s sentence in this line's voice). A missing data set is an error (it names
+    what to download); a missing file or an empty reference marks the sample (``problem``), which the runner skips
+    and counts."""
     record = sample.source
     if key in record:
         if data_root is None or not Path(data_root).is_dir():
@@ -67,6 +84,8 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
             sample.problem = f"missing file {path}"
         elif not sample.reference.strip():
             sample.problem = "empty reference"
+        elif key == "prompt" and prompt_seconds:
+            sample.input_path = _cut(path, folder / f"{sample.index:05d}_prompt.wav", prompt_seconds)
         else:
             sample.input_path = path
         return
@@ -82,14 +101,18 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
     sample.input_path = path
 
 
-def librispeech(data_root: str | None, download_hint: str | None, expected_count: int | None) -> list[Sample]:
+def _missing(what: str, data_root: str | None, download_hint: str | None) -> AnyGPTError:
+    hint = f" (download: {download_hint})" if download_hint else ""
+    return AnyGPTError(f"data_root: no {what} at {data_root}{hint}")
+
+
+def librispeech(data_root: str | None, download_hint: str | None) -> list[Sample]:
     """Every utterance of a LibriSpeech split folder (``<speaker>/<chapter>/<id>.flac`` beside
     ``<speaker>-<chapter>.trans.txt``), in id order, with its transcript as the reference."""
     root = Path(data_root) if data_root else None
     transcripts = sorted(root.glob("*/*/*.trans.txt")) if root is not None and root.is_dir() else []
     if not transcripts:
-        hint = f" (download: {download_hint})" if download_hint else ""
-        raise AnyGPTError(f"data_root: no LibriSpeech split at {data_root}{hint}")
+        raise _missing("LibriSpeech split", data_root, download_hint)
     entries = []
     for listing in transcripts:
         for line in listing.read_text(encoding="utf-8").splitlines():
@@ -98,8 +121,29 @@ def librispeech(data_root: str | None, download_hint: str | None, expected_count
                 audio = listing.parent.relative_to(root) / f"{ident}.flac"
                 entries.append((ident, text, str(audio)))
     entries.sort()
-    if expected_count is not None and len(entries) != expected_count:
-        raise AnyGPTError(f"data_root: {data_root} holds {len(entries)} utterances, the protocol pins "
-                          f"{expected_count}")
     return [Sample(i, ident, text, {"id": ident, "text": text, "audio": audio})
             for i, (ident, text, audio) in enumerate(entries)]
+
+
+def vctk(data_root: str | None, download_hint: str | None) -> list[Sample]:
+    """One zero-shot TTS sample per VCTK speaker (0.92: ``txt/<speaker>/<id>.txt`` and
+    ``wav48_silence_trimmed/<speaker>/<id>_mic1.flac``), speakers in order: the prompt is the speaker's first
+    utterance with both files, the sentence to speak (the reference) the text of its second (Appendix C: a prompt
+    "along with a separate text"). Speakers with fewer than two such utterances are left out."""
+    root = Path(data_root) if data_root else None
+    if root is None or not (root / "txt").is_dir():
+        raise _missing("VCTK corpus", data_root, download_hint)
+    samples = []
+    for speaker in sorted(p for p in (root / "txt").iterdir() if p.is_dir()):
+        usable = [t for t in sorted(speaker.glob("*.txt"))
+                  if (root / "wav48_silence_trimmed" / speaker.name / f"{t.stem}_mic1.flac").is_file()]
+        if len(usable) < 2:
+            continue
+        prompt = Path("wav48_silence_trimmed") / speaker.name / f"{usable[0].stem}_mic1.flac"
+        text = " ".join(usable[1].read_text(encoding="utf-8").split())
+        samples.append(Sample(len(samples), speaker.name, text,
+                              {"id": speaker.name, "text": text, "prompt": str(prompt), "target": usable[1].stem}))
+    return samples
+
+
+READERS = {"librispeech": librispeech, "vctk": vctk}

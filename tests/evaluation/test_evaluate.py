@@ -200,7 +200,7 @@ def test_a_librispeech_split_is_read_in_id_order_with_its_transcripts(demo, tmp_
     assert [x["id"] for x in written] == ["121-121726-0000", "908-31957-0000", "908-31957-0001"]
     assert written[0]["reference"] == lines[1]["text"].upper()
     assert summary["scored"] == 3 and summary["metrics"]["wer"] <= 0.25, written
-    with pytest.raises(AnyGPTError, match="holds 3 utterances, the protocol pins 2620"):
+    with pytest.raises(AnyGPTError, match="gives 3 samples, the protocol pins 2620"):
         evaluate(protocol(tmp_path, samples="librispeech", data_root=str(root), expected_count=2620))
     with pytest.raises(AnyGPTError, match="no LibriSpeech split"):
         evaluate(protocol(tmp_path, samples="librispeech", data_root=str(tmp_path / "none")))
@@ -216,3 +216,33 @@ def test_whisper_normaliser_with_its_spelling_map(tmp_path):
     with pytest.raises(AnyGPTError, match="normalizer_mapping: no normalizer.json") as err:
         normalizer("whisper", str(tmp_path / "empty"))
     assert "\n" not in str(err.value)
+
+
+def test_vctk_gives_one_prompt_and_sentence_per_speaker(demo, tmp_path, xvector):
+    """A VCTK-shaped folder: each speaker's first utterance (cut to 3 s) prompts the text of its second; a speaker
+    with one usable utterance is left out; the demo speaks the sentence."""
+    import numpy as np
+    import soundfile
+
+    from anygpt.demo.heldout import read, speak
+    from anygpt.tokenizers.audio import resample
+
+    root = tmp_path / "VCTK"
+    lines = read(modality="speech")[:3]
+    for speaker, utterances in (("p225", lines[:2]), ("p226", lines[2:])):
+        for k, line in enumerate(utterances, 1):
+            (root / "txt" / speaker).mkdir(parents=True, exist_ok=True)
+            (root / "wav48_silence_trimmed" / speaker).mkdir(parents=True, exist_ok=True)
+            (root / "txt" / speaker / f"{speaker}_{k:03d}.txt").write_text(line["text"].capitalize() + ".\n")
+            audio = speak(line)[0]
+            audio = np.concatenate([audio, np.zeros(4 * 16000, np.float32)])  # at least 4 s
+            wide = resample(torch.from_numpy(audio)[None], 16000, 48000)[0].numpy()
+            soundfile.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_{k:03d}_mic1.flac", wide, 48000)
+    summary = evaluate(protocol(tmp_path, task="tts", samples="vctk", data_root=str(root), prompt_seconds=3.0,
+                                metrics=["wer", "sim"], speaker_model=str(xvector), limit=None), model=demo)
+    [line] = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert line["id"] == "p225" and line["reference"] == lines[1]["text"].capitalize() + "."
+    assert soundfile.info(line["input"]).duration == pytest.approx(3.0, abs=1e-3)
+    assert summary["samples"] == 1 and summary["metrics"]["wer"] <= 0.3, line
+    with pytest.raises(AnyGPTError, match="no VCTK corpus"):
+        evaluate(protocol(tmp_path, task="tts", samples="vctk", data_root=str(tmp_path)))
