@@ -93,3 +93,40 @@ class SpeakerEncoder:
     def similarity(self, a: Path, b: Path) -> float:
         """Cosine of the two files' speaker embeddings."""
         return float(self(a) @ self(b))
+
+
+class ClipScorer:
+    """CLIP cosines of pictures with pictures (CLIP-I) and with captions (CLIP-T): a transformers ``CLIPModel``
+    with its processor, by Hugging Face id or local path (the paper's peers: ``openai/clip-vit-large-patch14``)."""
+
+    def __init__(self, name: str):
+        try:
+            from transformers import CLIPModel, CLIPProcessor
+
+            self.model = CLIPModel.from_pretrained(name).eval()
+            self.processor = CLIPProcessor.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise AnyGPTError(f"clip_model: cannot load {name} ({one_line(err)})") from None
+
+    def _unit(self, features) -> np.ndarray:
+        features = getattr(features, "pooler_output", features)  # transformers v5 returns an output object
+        vector = features[0].double().numpy()
+        return vector / max(np.linalg.norm(vector), 1e-12)
+
+    def image(self, picture) -> np.ndarray:
+        """The unit CLIP embedding of a PIL picture."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = self.processor(images=[picture.convert("RGB")], return_tensors="pt")
+            return self._unit(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+
+    def text(self, caption: str) -> np.ndarray:
+        """The unit CLIP embedding of a caption (cut to CLIP's 77 tokens)."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = self.processor(text=[caption], return_tensors="pt", padding=True, truncation=True,
+                                    max_length=77)
+            return self._unit(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                           attention_mask=inputs["attention_mask"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from anygpt.cli_classes import load_predict_model
 from anygpt.evaluation.protocol import EvalProtocol
-from anygpt.evaluation.samples import Sample, prepare_audio, read_samples
+from anygpt.evaluation.samples import Sample, prepare_audio, prepare_reference, read_samples
 from anygpt.evaluation.scorers import METRICS, normalizer, per_sample
 
 
@@ -24,7 +24,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     out = Path(protocol.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
-                           protocol.expected_count)
+                           protocol.expected_count, "image" if protocol.task == "t2i" else "speech")
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     done = _finished(out / "samples.jsonl")
     todo = [s for s in samples if s.id not in done]
@@ -32,6 +32,9 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     if todo:
         key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
+            if protocol.task == "t2i":
+                prepare_reference(sample, protocol.data_root, protocol.download_hint)
+                continue
             following = samples[(sample.index + 1) % len(samples)].source
             prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following,
                           protocol.prompt_seconds)
@@ -66,6 +69,8 @@ def _finished(path: Path) -> dict[str, dict]:
 def _request(task: str, sample: Sample) -> str:
     if task == "asr":
         return f"speech|text|{sample.input_path.resolve()}"
+    if task == "t2i":
+        return f"text|image|{sample.reference}"
     return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
 
 
@@ -76,6 +81,11 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
     from anygpt.data.requests import read_requests
 
     listen = _listeners(protocol, model) if protocol.task == "tts" else None
+    clip = None
+    if protocol.task == "t2i":
+        from anygpt.evaluation.listeners import ClipScorer
+
+        clip = ClipScorer(protocol.clip_model)
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
             batch = samples[start: start + protocol.batch_size]
@@ -84,7 +94,8 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
                 request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
             with torch.inference_mode():
                 answers = model.predict_step(requests)
-            outputs = _outputs(protocol, path.parent, batch, answers, listen)
+            outputs = (_pictures(protocol, path.parent, batch, answers, clip) if clip is not None
+                       else _outputs(protocol, path.parent, batch, answers, listen))
             lines = []
             for sample, answer, (hypothesis, extra) in zip(batch, answers, outputs):
                 output = extra.pop("output", None)
@@ -93,7 +104,7 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
                 line = {"id": sample.id, "index": sample.index, "reference": sample.reference,
                         "hypothesis": hypothesis, "scores": {**scores, **extra}, "status": answer.get("status"),
                         "error": answer.get("error"), "instruction": answer.get("instruction"),
-                        "input": str(sample.input_path)}
+                        "input": str(sample.input_path) if sample.input_path else None}
                 lines.append(line | ({"output": output} if output else {}))
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
@@ -134,6 +145,29 @@ def _outputs(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: li
         if speaker is not None:
             extra["sim"] = speaker.similarity(path, sample.input_path)
         results.append((heard[path], extra))
+    return results
+
+
+def _pictures(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], clip) -> list:
+    """Per sample of t2i: no text, the picture written to ``outputs/``, its CLIP-T and (with a photo) CLIP-I."""
+    from PIL import Image
+
+    folder = out / "outputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for sample, answer in zip(batch, answers):
+        if answer.get("status") != "ok":
+            results.append(("", {}))
+            continue
+        path = folder / f"{sample.index:05d}.png"
+        answer["media"].save(path)
+        drawn = clip.image(Image.open(path))
+        extra = {"output": str(path)}
+        if "clip_t" in protocol.metrics:
+            extra["clip_t"] = float(drawn @ clip.text(sample.reference))
+        if "clip_i" in protocol.metrics and sample.input_path is not None:
+            extra["clip_i"] = float(drawn @ clip.image(Image.open(sample.input_path)))
+        results.append(("", extra))
     return results
 
 

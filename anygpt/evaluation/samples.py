@@ -22,9 +22,11 @@ class Sample:
 
 
 def read_samples(path: str | Path, limit: int | None = None, data_root: str | None = None,
-                 download_hint: str | None = None, expected_count: int | None = None) -> list[Sample]:
-    """The samples of a pinned list (JSONL), in order, or of a LibriSpeech split (``path`` ``librispeech``); a line
-    that is not a sample is an error naming it."""
+                 download_hint: str | None = None, expected_count: int | None = None,
+                 modality: str = "speech") -> list[Sample]:
+    """The samples of a pinned list (JSONL), in order, or of a data set a reader knows (``READERS``: ``path``
+    ``librispeech`` or ``vctk``); a line that is not a sample is an error naming it. Lines of the demo world's
+    held-out list count where their ``modality`` is the task's input (``speech``) or output (``image``)."""
     if str(path) in READERS:
         found = READERS[str(path)](data_root, download_hint)
         if expected_count is not None and len(found) != expected_count:
@@ -44,7 +46,7 @@ def read_samples(path: str | Path, limit: int | None = None, data_root: str | No
             raise AnyGPTError(f"{path}:{number}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise AnyGPTError(f"{path}:{number}: a sample needs a text (its reference)")
-        if not {"audio", "prompt"} & set(record) and record.get("modality") != "speech":
+        if "modality" in record and record["modality"] != modality:
             continue  # other modalities of a mixed list (the demo's held-out list)
         ident = str(record.get("id", f"{path.stem}-{len(samples):05d}"))
         samples.append(Sample(len(samples), ident, record["text"], record))
@@ -146,4 +148,42 @@ def vctk(data_root: str | None, download_hint: str | None) -> list[Sample]:
     return samples
 
 
-READERS = {"librispeech": librispeech, "vctk": vctk}
+COCO_T2I_DRAW = 30000
+
+
+def coco_t2i(data_root: str | None, download_hint: str | None) -> list[Sample]:
+    """The paper's text -> image set: ``COCO_T2I_DRAW`` images of MS-COCO val2014 drawn by ``random.Random(0)``
+    from the image ids in order (all of them where there are fewer), each with its first caption (lowest
+    annotation id) and its photo as the reference (``annotations/captions_val2014.json``, ``val2014/``)."""
+    import random
+
+    root = Path(data_root) if data_root else None
+    annotations = root / "annotations" / "captions_val2014.json" if root is not None else None
+    if annotations is None or not annotations.is_file():
+        raise _missing("MS-COCO val2014 (annotations/captions_val2014.json)", data_root, download_hint)
+    data = json.loads(annotations.read_text(encoding="utf-8"))
+    files = {image["id"]: image["file_name"] for image in data["images"]}
+    first: dict[int, tuple[int, str]] = {}
+    for note in data["annotations"]:
+        if note["image_id"] not in first or note["id"] < first[note["image_id"]][0]:
+            first[note["image_id"]] = (note["id"], " ".join(note["caption"].split()))
+    ids = sorted(i for i in files if i in first)
+    drawn = random.Random(0).sample(ids, min(COCO_T2I_DRAW, len(ids)))
+    return [Sample(k, str(i), first[i][1], {"id": str(i), "text": first[i][1], "image": f"val2014/{files[i]}"})
+            for k, i in enumerate(drawn)]
+
+
+READERS = {"librispeech": librispeech, "vctk": vctk, "coco_t2i": coco_t2i}
+
+
+def prepare_reference(sample: Sample, data_root: str | None, download_hint: str | None) -> None:
+    """Point ``sample.input_path`` at its reference picture (``image``, under ``data_root``), where it has one."""
+    if "image" not in sample.source:
+        return
+    if data_root is None or not Path(data_root).is_dir():
+        raise _missing("data set", data_root, download_hint)
+    path = Path(data_root) / sample.source["image"]
+    if path.is_file():
+        sample.input_path = path
+    else:
+        sample.problem = f"missing file {path}"

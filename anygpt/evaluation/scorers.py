@@ -59,7 +59,8 @@ def _jiwer(name: str) -> Callable[[Sequence[str], Sequence[str]], float]:
 #: Corpus-level metrics per task: ``metric(references, hypotheses)`` over normalised text.
 METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] = {
     "asr": {"wer": _jiwer("wer"), "cer": _jiwer("cer")},
-    "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # sim: the mean of the samples' cosines
+    "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # None: the mean of the samples' scores
+    "t2i": {"clip_t": None, "clip_i": None},
 }
 
 

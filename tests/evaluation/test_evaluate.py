@@ -246,3 +246,85 @@ def test_vctk_gives_one_prompt_and_sentence_per_speaker(demo, tmp_path, xvector)
     assert summary["samples"] == 1 and summary["metrics"]["wer"] <= 0.3, line
     with pytest.raises(AnyGPTError, match="no VCTK corpus"):
         evaluate(protocol(tmp_path, task="tts", samples="vctk", data_root=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIPModel with a character-level tokenizer and a 32-px image processor, saved locally."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{c: 2 + i for i, c in enumerate(letters)},
+             **{c + "</w>": 28 + i for i, c in enumerate(letters)}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37,
+                                     "num_hidden_layers": 1, "num_attention_heads": 2, "bos_token_id": 0,
+                                     "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_t2i_writes_pictures_and_scores_them_with_clip(tmp_path, tiny_clip):
+    """Text -> image on the random tiny model: every picture written, CLIP-T against its caption and CLIP-I against
+    its reference photo (where the sample has one) equal to the same CLIP called directly on the written files."""
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    data = tmp_path / "coco"
+    data.mkdir()
+    Image.new("RGB", (48, 40), "red").save(data / "photo.png")
+    listing = tmp_path / "pairs.jsonl"
+    listing.write_text(json.dumps({"id": "a", "text": "a red bus", "image": "photo.png"}) + "\n"
+                       + json.dumps({"id": "b", "text": "two cats"}) + "\n")
+    summary = evaluate(protocol(tmp_path, task="t2i", model_config=str(ROOT / "configs/tiny.yaml"),
+                                samples=str(listing), data_root=str(data), metrics=["clip_t", "clip_i"],
+                                clip_model=str(tiny_clip), generation={}, limit=None))
+    lines = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    model, processor = CLIPModel.from_pretrained(tiny_clip).eval(), CLIPProcessor.from_pretrained(tiny_clip)
+
+    def unit(features) -> torch.Tensor:
+        features = getattr(features, "pooler_output", features)
+        return torch.nn.functional.normalize(features[0].double(), dim=0)
+
+    with torch.no_grad():
+        pictures = [unit(model.get_image_features(**processor(images=[Image.open(x["output"]).convert("RGB")],
+                                                              return_tensors="pt"))) for x in lines]
+        texts = [unit(model.get_text_features(**processor(text=[x["reference"]], return_tensors="pt")))
+                 for x in lines]
+        photo = unit(model.get_image_features(**processor(images=[Image.open(data / "photo.png")],
+                                                          return_tensors="pt")))
+    assert [x["scores"]["clip_t"] for x in lines] == pytest.approx([float(p @ t) for p, t in zip(pictures, texts)],
+                                                                    abs=1e-6)
+    assert lines[0]["scores"]["clip_i"] == pytest.approx(float(pictures[0] @ photo), abs=1e-6)
+    assert "clip_i" not in lines[1]["scores"]  # no photo, no CLIP-I
+    assert summary["metrics"]["clip_i"] == pytest.approx(lines[0]["scores"]["clip_i"])
+    assert summary["metrics"]["clip_t"] == pytest.approx(sum(float(p @ t) for p, t in zip(pictures, texts)) / 2)
+
+
+def test_coco_t2i_draws_images_with_seed_0_and_their_first_captions(tmp_path):
+    import random
+
+    from anygpt.evaluation.samples import read_samples
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in (42, 7, 19, 3, 88)]
+    notes = [{"id": 10 * i + k, "image_id": i, "caption": f"caption {k} of {i} "} for i in (42, 7, 19, 3, 88)
+             for k in (2, 1)]
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images,
+                                                                            "annotations": notes}))
+    samples = read_samples("coco_t2i", data_root=str(root), modality="image")
+    assert [s.id for s in samples] == [str(i) for i in random.Random(0).sample([3, 7, 19, 42, 88], 5)]
+    assert samples[0].reference == f"caption 1 of {samples[0].id}"  # the lowest annotation id, spaces tidied
+    assert samples[0].source["image"] == f"val2014/COCO_val2014_{int(samples[0].id):012d}.jpg"
+    with pytest.raises(AnyGPTError, match="gives 5 samples, the protocol pins 30000"):
+        read_samples("coco_t2i", data_root=str(root), expected_count=30000, modality="image")
