@@ -8,7 +8,8 @@ from typing import Literal
 from anygpt import AnyGPTError
 
 #: What each task generates from what: the request's source and target modality.
-TASKS = {"asr": ("speech", "text"), "tts": ("text", "speech"), "t2i": ("text", "image")}
+TASKS = {"asr": ("speech", "text"), "tts": ("text", "speech"), "t2i": ("text", "image"),
+         "caption": ("image", "text")}
 
 
 @dataclass
@@ -19,13 +20,15 @@ class EvalProtocol:
         task: What is evaluated: ``asr`` (speech -> text: error rates of the transcript) or ``tts`` (text and a
             voice prompt -> speech: error rates of the output's transcript by ``recogniser``, and its speaker
             similarity to the prompt by ``speaker_model``) or ``t2i`` (caption -> picture: CLIP similarity of the
-            picture to the caption, CLIP-T, and to the reference photo, CLIP-I, by ``clip_model``).
+            picture to the caption, CLIP-T, and to the reference photo, CLIP-I, by ``clip_model``) or ``caption``
+            (picture -> text: CIDEr-D and BLEU-4 against all of its reference captions).
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
         samples: ``librispeech``: every utterance under ``data_root`` (a LibriSpeech split's folder, its
             ``*.trans.txt`` transcripts), in id order; ``vctk``: one sample per VCTK 0.92 speaker under
             ``data_root`` (``anygpt.evaluation.samples.vctk``); ``coco_t2i``: 30k MS-COCO val2014 images drawn
-            with seed 0, a caption each (``anygpt.evaluation.samples.coco_t2i``); the count checked against
+            with seed 0, a caption each (``anygpt.evaluation.samples.coco_t2i``); ``coco_karpathy``: the 5000
+            images of Karpathy's test split with their captions; the count checked against
             ``expected_count``; else
             the pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
             (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
@@ -45,7 +48,8 @@ class EvalProtocol:
             false}}`` (the paper's Table 9).
         metrics: What is scored: ``wer`` and ``cer`` (jiwer, corpus-level: edits over reference words or
             characters); tts also ``sim`` (mean cosine of output and prompt speaker embeddings); t2i ``clip_t`` and
-            ``clip_i`` (mean cosines; the paper's 0.65 is CLIP-I, picture against photo).
+            ``clip_i`` (mean cosines; the paper's 0.65 is CLIP-I, picture against photo); caption ``cider`` and
+            ``bleu4`` (corpus-level, ``anygpt.evaluation.caption_metrics``).
         recogniser: tts: who transcribes the output: ``self`` (the evaluated model's own speech -> text) or a
             transformers speech-recognition model by id or path (the paper: ``openai/whisper-medium``).
         speaker_model: tts: a transformers ``WavLMForXVector`` by id or path (the paper's SIM model) or
@@ -58,7 +62,7 @@ class EvalProtocol:
         output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
     """
 
-    task: Literal["asr", "tts", "t2i"]
+    task: Literal["asr", "tts", "t2i", "caption"]
     model_config: str
     samples: str
     output_dir: str

@@ -24,7 +24,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     out = Path(protocol.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
-                           protocol.expected_count, "image" if protocol.task == "t2i" else "speech")
+                           protocol.expected_count, "image" if protocol.task in ("t2i", "caption") else "speech")
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     done = _finished(out / "samples.jsonl")
     todo = [s for s in samples if s.id not in done]
@@ -32,8 +32,11 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     if todo:
         key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
-            if protocol.task == "t2i":
-                prepare_reference(sample, protocol.data_root, protocol.download_hint)
+            if protocol.task in ("t2i", "caption"):
+                drawn = out / "inputs" if protocol.task == "caption" else None  # a demo scene to caption
+                prepare_reference(sample, protocol.data_root, protocol.download_hint, drawn)
+                if protocol.task == "caption" and sample.input_path is None and not sample.problem:
+                    sample.problem = "no picture"
                 continue
             following = samples[(sample.index + 1) % len(samples)].source
             prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following,
@@ -71,6 +74,8 @@ def _request(task: str, sample: Sample) -> str:
         return f"speech|text|{sample.input_path.resolve()}"
     if task == "t2i":
         return f"text|image|{sample.reference}"
+    if task == "caption":
+        return f"image|text|{sample.input_path.resolve()}"
     return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
 
 
@@ -105,6 +110,8 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
                         "hypothesis": hypothesis, "scores": {**scores, **extra}, "status": answer.get("status"),
                         "error": answer.get("error"), "instruction": answer.get("instruction"),
                         "input": str(sample.input_path) if sample.input_path else None}
+                if "references" in sample.source:
+                    line["references"] = sample.source["references"]
                 lines.append(line | ({"output": output} if output else {}))
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
@@ -177,7 +184,16 @@ def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, di
     references = [normalize(line["reference"]) for line in finished]
     hypotheses = [normalize(line["hypothesis"]) for line in finished]
     metrics = {}
+    if protocol.task == "caption" and finished:
+        from anygpt.evaluation.caption_metrics import bleu4, cider_d, tokenize
+
+        refs = [[tokenize(r) for r in line.get("references", [line["reference"]])] for line in finished]
+        hyps = [tokenize(line["hypothesis"]) for line in finished]
+        found = {"cider": cider_d(refs, hyps)[0], "bleu4": bleu4(refs, hyps)}
+        metrics = {name: found[name] for name in protocol.metrics}
     for name in protocol.metrics:
+        if name in metrics:
+            continue
         if not finished:
             metrics[name] = None
         elif METRICS[protocol.task][name] is None:  # a mean of the samples' own scores (sim)
@@ -192,10 +208,18 @@ def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, di
 
 
 def table(summary: dict) -> str:
-    """The summary as a Markdown table: one row per metric (percent), with the sample counts."""
+    """The summary as a Markdown table, one row per metric with the sample counts: error rates in percent, CIDEr
+    and BLEU-4 times 100 (as papers print them), cosines as they are."""
     rows = ["| task | metric | value | scored / samples | failed | skipped |", "|---|---|---|---|---|---|"]
     for name, value in summary["metrics"].items():
-        shown = "n/a" if value is None else f"{value:.3f}" if name == "sim" else f"{100 * value:.2f} %"
+        if value is None:
+            shown = "n/a"
+        elif name in ("wer", "cer"):
+            shown = f"{100 * value:.2f} %"
+        elif name in ("cider", "bleu4"):
+            shown = f"{100 * value:.1f}"
+        else:
+            shown = f"{value:.3f}"
         rows.append(f"| {summary['task']} | {name} | {shown} | {summary['scored']} / "
                     f"{summary['samples']} | {summary['failed']} | {len(summary['skipped'])} |")
     return "\n".join(rows)

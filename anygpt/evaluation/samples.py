@@ -173,12 +173,40 @@ def coco_t2i(data_root: str | None, download_hint: str | None) -> list[Sample]:
             for k, i in enumerate(drawn)]
 
 
-READERS = {"librispeech": librispeech, "vctk": vctk, "coco_t2i": coco_t2i}
+def coco_karpathy(data_root: str | None, download_hint: str | None) -> list[Sample]:
+    """The 5000 images of Karpathy's COCO test split (``dataset_coco.json`` in ``data_root``, pictures under their
+    ``filepath``), in the file's order, each with all of its captions (``references``; ``text``: the first)."""
+    listing = Path(data_root) / "dataset_coco.json" if data_root else None
+    if listing is None or not listing.is_file():
+        raise _missing("Karpathy split (dataset_coco.json)", data_root, download_hint)
+    samples = []
+    for image in json.loads(listing.read_text(encoding="utf-8"))["images"]:
+        if image.get("split") != "test":
+            continue
+        captions = [" ".join(s["raw"].split()) for s in image["sentences"]]
+        ident = str(image.get("cocoid", image["filename"]))
+        samples.append(Sample(len(samples), ident, captions[0], {
+            "id": ident, "text": captions[0], "references": captions,
+            "image": f"{image['filepath']}/{image['filename']}"}))
+    return samples
 
 
-def prepare_reference(sample: Sample, data_root: str | None, download_hint: str | None) -> None:
-    """Point ``sample.input_path`` at its reference picture (``image``, under ``data_root``), where it has one."""
+READERS = {"librispeech": librispeech, "vctk": vctk, "coco_t2i": coco_t2i, "coco_karpathy": coco_karpathy}
+
+
+def prepare_reference(sample: Sample, data_root: str | None, download_hint: str | None,
+                      folder: Path | None = None) -> None:
+    """Point ``sample.input_path`` at its picture (``image``, under ``data_root``), or at the demo line's scene
+    drawn into ``folder`` (where one is given); a sample without either has none."""
     if "image" not in sample.source:
+        if folder is not None and sample.source.get("modality") == "image":
+            from anygpt.demo.heldout import picture
+
+            path = folder / f"{sample.index:05d}.png"
+            if not path.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                picture(sample.source).save(path)
+            sample.input_path = path
         return
     if data_root is None or not Path(data_root).is_dir():
         raise _missing("data set", data_root, download_hint)

@@ -61,6 +61,7 @@ METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] =
     "asr": {"wer": _jiwer("wer"), "cer": _jiwer("cer")},
     "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # None: the mean of the samples' scores
     "t2i": {"clip_t": None, "clip_i": None},
+    "caption": {"cider": None, "bleu4": None},  # corpus-level over every image's references (caption_metrics)
 }
 
 

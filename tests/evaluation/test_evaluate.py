@@ -328,3 +328,67 @@ def test_coco_t2i_draws_images_with_seed_0_and_their_first_captions(tmp_path):
     assert samples[0].source["image"] == f"val2014/COCO_val2014_{int(samples[0].id):012d}.jpg"
     with pytest.raises(AnyGPTError, match="gives 5 samples, the protocol pins 30000"):
         read_samples("coco_t2i", data_root=str(root), expected_count=30000, modality="image")
+
+
+CAPTIONS = [["a cat sits on the mat", "there is a cat on a mat", "cat on mat"],
+            ["a dog runs in the park", "the dog is running", "a brown dog"],
+            ["two people ride bikes", "people riding bicycles on a road"]]
+
+
+def test_cider_d_equals_the_coco_scorer():
+    """CIDEr-D as pycocoevalcap's Cider computes it (where that package is installed: 104 MB, not a dependency)."""
+    from anygpt.evaluation.caption_metrics import cider_d
+
+    cider = pytest.importorskip("pycocoevalcap.cider.cider")
+    hyps = ["a cat on a mat", "a dog is running in a park", "a man rides a bike"]
+    corpus, each = cider_d(CAPTIONS, hyps)
+    theirs, their_each = cider.Cider().compute_score({i: r for i, r in enumerate(CAPTIONS)},
+                                                     {i: [h] for i, h in enumerate(hyps)})
+    assert corpus == pytest.approx(float(theirs), abs=1e-9)
+    assert each == pytest.approx([float(x) for x in their_each], abs=1e-9)
+
+
+def test_cider_d_prefers_the_right_caption_and_bleu4_is_torchmetrics():
+    from torchmetrics.text import BLEUScore
+
+    from anygpt.evaluation.caption_metrics import bleu4, cider_d, tokenize
+
+    right = cider_d(CAPTIONS, ["a cat on a mat", "the dog is running", "people riding bikes"])[0]
+    swapped = cider_d(CAPTIONS, ["the dog is running", "people riding bikes", "a cat on a mat"])[0]
+    assert right > 1.0 > swapped >= 0.0
+    assert cider_d(CAPTIONS, [refs[0] for refs in CAPTIONS])[1][0] > cider_d(CAPTIONS, ["cat"] * 3)[1][0]
+    hyps = ["a cat on a mat", "a dog is running in the park", "two people ride bikes"]
+    metric = BLEUScore(n_gram=4)
+    metric.update(hyps, CAPTIONS)
+    assert bleu4(CAPTIONS, hyps) == pytest.approx(float(metric.compute()), abs=1e-9)
+    assert tokenize("A Cat, on the MAT!") == "a cat on the mat"
+    with pytest.raises(ValueError, match="one hypothesis per image"):
+        cider_d(CAPTIONS, ["a"])
+
+
+def test_caption_on_a_karpathy_shaped_split(tmp_path):
+    """Picture -> text on the random tiny model: Karpathy's test images only, all references written, the corpus
+    CIDEr-D and BLEU-4 of the summary those of the written captions."""
+    from PIL import Image
+
+    from anygpt.evaluation.caption_metrics import bleu4, cider_d, tokenize
+
+    root = tmp_path / "coco"
+    (root / "val2014").mkdir(parents=True)
+    images = []
+    for i, (colour, split) in enumerate((("red", "test"), ("blue", "train"), ("green", "test"))):
+        Image.new("RGB", (40, 40), colour).save(root / "val2014" / f"{i}.jpg")
+        images.append({"cocoid": i, "filepath": "val2014", "filename": f"{i}.jpg", "split": split,
+                       "sentences": [{"raw": f"A {colour} square."}, {"raw": f"Something {colour}"}]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    summary = evaluate(protocol(tmp_path, task="caption", model_config=str(ROOT / "configs/tiny.yaml"),
+                                samples="coco_karpathy", data_root=str(root), metrics=["cider", "bleu4"],
+                                generation={"text": {"do_sample": False, "max_new_tokens": 8}}, limit=None))
+    lines = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["0", "2"] and lines[1]["references"] == ["A green square.", "Something green"]
+    refs = [[tokenize(r) for r in x["references"]] for x in lines]
+    hyps = [tokenize(x["hypothesis"]) for x in lines]
+    assert summary["metrics"] == pytest.approx({"cider": cider_d(refs, hyps)[0], "bleu4": bleu4(refs, hyps)})
+    with pytest.raises(AnyGPTError, match="no Karpathy split"):
+        evaluate(protocol(tmp_path, task="caption", samples="coco_karpathy", data_root=str(tmp_path / "x"),
+                          metrics=["cider"]))
