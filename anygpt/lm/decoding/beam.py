@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from anygpt.lm.decoding.batching import left_padded
 from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
 
 NEG = -1.0e9
@@ -46,12 +47,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
         raise ValueError(f"num_beams must be at least 1, got {num_beams}")
     device = next(model.parameters()).device
     batch, beams = len(prompts), num_beams
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
+    input_ids, mask = left_padded(prompts, pad_id)
     input_ids = input_ids.repeat_interleave(beams, 0).to(device)
     mask = mask.repeat_interleave(beams, 0).to(device)
     position = (mask.cumsum(1) - 1).clamp(min=0)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from anygpt.lm.decoding.batching import left_padded
 from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
 
@@ -91,12 +92,8 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[G
 def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]]:
     device = next(model.parameters()).device
     batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
+    input_ids, mask = left_padded(prompts, pad_id)
+    width = input_ids.shape[1]
     # Padding positions repeat the row's first token, so the repetition penalty ignores them.
     first = input_ids[torch.arange(batch), width - torch.tensor([len(p) for p in prompts])]
     history = torch.where(mask.bool(), input_ids, first[:, None])
