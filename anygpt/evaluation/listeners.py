@@ -130,3 +130,46 @@ class ClipScorer:
                                     max_length=77)
             return self._unit(self.model.get_text_features(input_ids=inputs["input_ids"],
                                                            attention_mask=inputs["attention_mask"]))
+
+
+class ClapScorer:
+    """CLAP cosines of audio with text: a transformers ``ClapModel`` with its processor, by Hugging Face id or local
+    path (default in the MusicCaps protocols: ``laion/larger_clap_music``)."""
+
+    def __init__(self, name: str):
+        try:
+            from transformers import ClapModel, ClapProcessor
+
+            self.model = ClapModel.from_pretrained(name).eval()
+            self.processor = ClapProcessor.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise AnyGPTError(f"clap_model: cannot load {name} ({one_line(err)})") from None
+        self.rate = int(self.processor.feature_extractor.sampling_rate)
+
+    @staticmethod
+    def _unit(features) -> np.ndarray:
+        features = getattr(features, "pooler_output", features)  # transformers v5 returns an output object
+        vector = features[0].double().numpy()
+        return vector / max(np.linalg.norm(vector), 1e-12)
+
+    def audio(self, path: str | Path) -> np.ndarray:
+        """The unit CLAP embedding of an audio file (mono, resampled to the model's rate)."""
+        import soundfile
+        import torch
+
+        from anygpt.tokenizers.audio import resample
+
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        wave = resample(torch.from_numpy(samples.mean(axis=1))[None], rate, self.rate)[0].numpy()
+        with torch.inference_mode():
+            inputs = self.processor.feature_extractor([wave], sampling_rate=self.rate, return_tensors="pt")
+            return self._unit(self.model.get_audio_features(**inputs))
+
+    def text(self, caption: str) -> np.ndarray:
+        """The unit CLAP embedding of a caption."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = self.processor.tokenizer([caption], return_tensors="pt", padding=True, truncation=True)
+            return self._unit(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                           attention_mask=inputs["attention_mask"]))

@@ -9,7 +9,7 @@ from anygpt import AnyGPTError
 
 #: What each task generates from what: the request's source and target modality.
 TASKS = {"asr": ("speech", "text"), "tts": ("text", "speech"), "t2i": ("text", "image"),
-         "caption": ("image", "text")}
+         "caption": ("image", "text"), "t2m": ("text", "music"), "m2t": ("music", "text")}
 
 
 @dataclass
@@ -21,14 +21,17 @@ class EvalProtocol:
             voice prompt -> speech: error rates of the output's transcript by ``recogniser``, and its speaker
             similarity to the prompt by ``speaker_model``) or ``t2i`` (caption -> picture: CLIP similarity of the
             picture to the caption, CLIP-T, and to the reference photo, CLIP-I, by ``clip_model``) or ``caption``
-            (picture -> text: CIDEr-D and BLEU-4 against all of its reference captions).
+            (picture -> text: CIDEr-D and BLEU-4 against all of its reference captions) or ``t2m`` (caption ->
+            music: CLAP similarity of the music to the caption) or ``m2t`` (music -> caption: CLAP similarity of
+            the music to the written caption, beside its reference caption's, and CIDEr-D, BLEU-4).
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
         samples: ``librispeech``: every utterance under ``data_root`` (a LibriSpeech split's folder, its
             ``*.trans.txt`` transcripts), in id order; ``vctk``: one sample per VCTK 0.92 speaker under
             ``data_root`` (``anygpt.evaluation.samples.vctk``); ``coco_t2i``: 30k MS-COCO val2014 images drawn
             with seed 0, a caption each (``anygpt.evaluation.samples.coco_t2i``); ``coco_karpathy``: the 5000
-            images of Karpathy's test split with their captions; the count checked against
+            images of Karpathy's test split with their captions; ``musiccaps``: MusicCaps' evaluation clips
+            (``anygpt.evaluation.samples.musiccaps``); the count checked against
             ``expected_count``; else
             the pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
             (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
@@ -49,12 +52,14 @@ class EvalProtocol:
         metrics: What is scored: ``wer`` and ``cer`` (jiwer, corpus-level: edits over reference words or
             characters); tts also ``sim`` (mean cosine of output and prompt speaker embeddings); t2i ``clip_t`` and
             ``clip_i`` (mean cosines; the paper's 0.65 is CLIP-I, picture against photo); caption ``cider`` and
-            ``bleu4`` (corpus-level, ``anygpt.evaluation.caption_metrics``).
+            ``bleu4`` (corpus-level, ``anygpt.evaluation.caption_metrics``); t2m ``clap``; m2t ``clap``,
+            ``clap_reference`` (the real caption's), ``cider``, ``bleu4``.
         recogniser: tts: who transcribes the output: ``self`` (the evaluated model's own speech -> text) or a
             transformers speech-recognition model by id or path (the paper: ``openai/whisper-medium``).
         speaker_model: tts: a transformers ``WavLMForXVector`` by id or path (the paper's SIM model) or
             ``resemblyzer``.
         clip_model: t2i: a transformers ``CLIPModel`` (with its processor) by id or path.
+        clap_model: t2m, m2t: a transformers ``ClapModel`` (with its processor) by id or path.
         normalizer: Text normalisation of both sides before scoring: ``basic`` (lowercase, punctuation dropped,
             spaces collapsed), ``whisper`` (Whisper's English normaliser, as the paper's peers score) or ``none``.
         normalizer_mapping: ``whisper``: where its spelling map (``normalizer.json``) comes from, a Whisper
@@ -62,7 +67,7 @@ class EvalProtocol:
         output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
     """
 
-    task: Literal["asr", "tts", "t2i", "caption"]
+    task: Literal["asr", "tts", "t2i", "caption", "t2m", "m2t"]
     model_config: str
     samples: str
     output_dir: str
@@ -82,6 +87,7 @@ class EvalProtocol:
     recogniser: str = "self"
     speaker_model: str = "microsoft/wavlm-base-plus-sv"
     clip_model: str = "openai/clip-vit-large-patch14"
+    clap_model: str = "laion/larger_clap_music"
 
     def __post_init__(self):
         from anygpt.evaluation.scorers import METRICS

@@ -24,7 +24,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     out = Path(protocol.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
-                           protocol.expected_count, "image" if protocol.task in ("t2i", "caption") else "speech")
+                           protocol.expected_count, MODALITY[protocol.task])
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     done = _finished(out / "samples.jsonl")
     todo = [s for s in samples if s.id not in done]
@@ -32,11 +32,14 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     if todo:
         key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
-            if protocol.task in ("t2i", "caption"):
-                drawn = out / "inputs" if protocol.task == "caption" else None  # a demo scene to caption
-                prepare_reference(sample, protocol.data_root, protocol.download_hint, drawn)
-                if protocol.task == "caption" and sample.input_path is None and not sample.problem:
-                    sample.problem = "no picture"
+            if protocol.task == "t2m":
+                continue  # a caption is all it needs (the reference music is not scored against)
+            if protocol.task in ("t2i", "caption", "m2t"):
+                reads = protocol.task in ("caption", "m2t")  # the picture or music is the input: made if demo
+                prepare_reference(sample, protocol.data_root, protocol.download_hint,
+                                  out / "inputs" if reads else None, "music" if "m" in protocol.task else "image")
+                if reads and sample.input_path is None and not sample.problem:
+                    sample.problem = "no input"
                 continue
             following = samples[(sample.index + 1) % len(samples)].source
             prepare_audio(sample, protocol.data_root, out / "inputs", protocol.download_hint, key, following,
@@ -76,6 +79,10 @@ def _request(task: str, sample: Sample) -> str:
         return f"text|image|{sample.reference}"
     if task == "caption":
         return f"image|text|{sample.input_path.resolve()}"
+    if task == "t2m":
+        return f"text|music|{sample.reference}"
+    if task == "m2t":
+        return f"music|text|{sample.input_path.resolve()}"
     return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
 
 
@@ -86,11 +93,15 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
     from anygpt.data.requests import read_requests
 
     listen = _listeners(protocol, model) if protocol.task == "tts" else None
-    clip = None
+    clip = clap = None
     if protocol.task == "t2i":
         from anygpt.evaluation.listeners import ClipScorer
 
         clip = ClipScorer(protocol.clip_model)
+    if protocol.task in ("t2m", "m2t") and {"clap", "clap_reference"} & set(protocol.metrics):
+        from anygpt.evaluation.listeners import ClapScorer
+
+        clap = ClapScorer(protocol.clap_model)
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
             batch = samples[start: start + protocol.batch_size]
@@ -99,8 +110,12 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
                 request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
             with torch.inference_mode():
                 answers = model.predict_step(requests)
-            outputs = (_pictures(protocol, path.parent, batch, answers, clip) if clip is not None
-                       else _outputs(protocol, path.parent, batch, answers, listen))
+            if clip is not None:
+                outputs = _pictures(protocol, path.parent, batch, answers, clip)
+            elif protocol.task in ("t2m", "m2t"):
+                outputs = _music(protocol, path.parent, batch, answers, clap)
+            else:
+                outputs = _outputs(protocol, path.parent, batch, answers, listen)
             lines = []
             for sample, answer, (hypothesis, extra) in zip(batch, answers, outputs):
                 output = extra.pop("output", None)
@@ -178,19 +193,50 @@ def _pictures(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: l
     return results
 
 
+def _music(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], clap) -> list:
+    """Per sample of t2m (the music written to ``outputs/``, its CLAP to the caption) or m2t (the caption, CLAP of
+    the input music to it and to the reference caption)."""
+    import soundfile
+
+    results = []
+    for sample, answer in zip(batch, answers):
+        if answer.get("status") != "ok":
+            results.append(("", {}))
+        elif protocol.task == "t2m":
+            folder = out / "outputs"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{sample.index:05d}.wav"
+            soundfile.write(path, answer["media"].reshape(-1).float().numpy(), answer.get("sample_rate", 32000))
+            extra = {"output": str(path)}
+            if clap is not None:
+                extra["clap"] = float(clap.audio(path) @ clap.text(sample.reference))
+            results.append(("", extra))
+        else:
+            caption, extra = answer.get("text") or "", {}
+            if clap is not None:
+                music = clap.audio(sample.input_path)
+                extra = {"clap": float(music @ clap.text(caption)),
+                         "clap_reference": float(music @ clap.text(sample.reference))}
+            results.append((caption, extra))
+    return results
+
+
+MODALITY = {"asr": "speech", "tts": "speech", "t2i": "image", "caption": "image", "t2m": "music", "m2t": "music"}
+
+
 def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample],
                normalize) -> dict:
     finished = [done[s.id] for s in samples if s.id in done]
     references = [normalize(line["reference"]) for line in finished]
     hypotheses = [normalize(line["hypothesis"]) for line in finished]
     metrics = {}
-    if protocol.task == "caption" and finished:
+    if protocol.task in ("caption", "m2t") and finished:
         from anygpt.evaluation.caption_metrics import bleu4, cider_d, tokenize
 
         refs = [[tokenize(r) for r in line.get("references", [line["reference"]])] for line in finished]
         hyps = [tokenize(line["hypothesis"]) for line in finished]
         found = {"cider": cider_d(refs, hyps)[0], "bleu4": bleu4(refs, hyps)}
-        metrics = {name: found[name] for name in protocol.metrics}
+        metrics = {name: found[name] for name in protocol.metrics if name in found}
     for name in protocol.metrics:
         if name in metrics:
             continue

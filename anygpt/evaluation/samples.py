@@ -191,14 +191,46 @@ def coco_karpathy(data_root: str | None, download_hint: str | None) -> list[Samp
     return samples
 
 
-READERS = {"librispeech": librispeech, "vctk": vctk, "coco_t2i": coco_t2i, "coco_karpathy": coco_karpathy}
+def musiccaps(data_root: str | None, download_hint: str | None) -> list[Sample]:
+    """MusicCaps' evaluation clips (``musiccaps-public.csv`` rows with ``is_audioset_eval`` true, in the file's
+    order) whose audio the user fetched as ``audio/<ytid>.wav`` (the 10-s clip, or a longer file starting at
+    ``start_s``: the codec reads the protocol's window), each with its caption; a clip without audio is skipped and
+    counted."""
+    import csv
+
+    listing = Path(data_root) / "musiccaps-public.csv" if data_root else None
+    if listing is None or not listing.is_file():
+        raise _missing("MusicCaps (musiccaps-public.csv and audio/<ytid>.wav)", data_root, download_hint)
+    samples = []
+    with listing.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("is_audioset_eval", "").strip().lower() != "true":
+                continue
+            caption = " ".join(row["caption"].split())
+            samples.append(Sample(len(samples), row["ytid"], caption, {
+                "id": row["ytid"], "text": caption, "music": f"audio/{row['ytid']}.wav", "references": [caption]}))
+    return samples
+
+
+READERS = {"librispeech": librispeech, "vctk": vctk, "coco_t2i": coco_t2i, "coco_karpathy": coco_karpathy,
+           "musiccaps": musiccaps}
 
 
 def prepare_reference(sample: Sample, data_root: str | None, download_hint: str | None,
-                      folder: Path | None = None) -> None:
-    """Point ``sample.input_path`` at its picture (``image``, under ``data_root``), or at the demo line's scene
-    drawn into ``folder`` (where one is given); a sample without either has none."""
-    if "image" not in sample.source:
+                      folder: Path | None = None, key: str = "image") -> None:
+    """Point ``sample.input_path`` at its picture or music (``key``, under ``data_root``), or at the demo line's
+    scene or melody made into ``folder`` (where one is given); a sample without either has none."""
+    if key not in sample.source:
+        if folder is not None and sample.source.get("modality") == "music":
+            import soundfile
+
+            from anygpt.demo.heldout import play
+
+            path = folder / f"{sample.index:05d}.wav"
+            if not path.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, play(sample.source), 16000)
+            sample.input_path = path
         if folder is not None and sample.source.get("modality") == "image":
             from anygpt.demo.heldout import picture
 
@@ -210,7 +242,7 @@ def prepare_reference(sample: Sample, data_root: str | None, download_hint: str 
         return
     if data_root is None or not Path(data_root).is_dir():
         raise _missing("data set", data_root, download_hint)
-    path = Path(data_root) / sample.source["image"]
+    path = Path(data_root) / sample.source[key]
     if path.is_file():
         sample.input_path = path
     else:

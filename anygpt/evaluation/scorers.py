@@ -62,6 +62,8 @@ METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] =
     "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # None: the mean of the samples' scores
     "t2i": {"clip_t": None, "clip_i": None},
     "caption": {"cider": None, "bleu4": None},  # corpus-level over every image's references (caption_metrics)
+    "t2m": {"clap": None},
+    "m2t": {"clap": None, "clap_reference": None, "cider": None, "bleu4": None},
 }
 
 

@@ -392,3 +392,86 @@ def test_caption_on_a_karpathy_shaped_split(tmp_path):
     with pytest.raises(AnyGPTError, match="no Karpathy split"):
         evaluate(protocol(tmp_path, task="caption", samples="coco_karpathy", data_root=str(tmp_path / "x"),
                           metrics=["cider"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_clap(tmp_path_factory) -> Path:
+    """A tiny random ClapModel with a byte-level RoBERTa tokenizer and a 16-kHz feature extractor, saved locally."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder = tmp_path_factory.mktemp("clap")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(bytes_to_unicode().values())))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    features = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2,
+                                    fft_window_size=400, truncation="rand_trunc")
+    torch.manual_seed(0)
+    audio = {"depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16, "hidden_size": 32,
+             "window_size": 4, "spec_size": 64, "num_mel_bins": 16, "patch_stride": [4, 4], "patch_size": 4,
+             "enable_fusion": False}
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 80, "pad_token_id": 1}
+    ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).save_pretrained(folder)
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def musiccaps_folder(tmp_path: Path) -> Path:
+    """A MusicCaps-shaped folder: three rows, two of the evaluation set, one of those with its audio."""
+    import numpy as np
+    import soundfile
+
+    root = tmp_path / "musiccaps"
+    (root / "audio").mkdir(parents=True)
+    rows = [("aaa", "A calm piano melody.", "True"), ("bbb", "Loud rock drums.", "False"),
+            ("ccc", "A fast violin tune.", "True")]
+    (root / "musiccaps-public.csv").write_text("ytid,start_s,end_s,caption,is_audioset_eval\n" + "".join(
+        f'{y},30,40,"{c}",{e}\n' for y, c, e in rows))
+    t = np.arange(2 * 16000) / 16000
+    soundfile.write(root / "audio" / "aaa.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    return root
+
+
+def test_m2t_and_t2m_score_with_clap(tmp_path, tiny_clap):
+    """Music -> text and text -> music on the random tiny model over MusicCaps' evaluation rows: a clip without
+    audio is skipped and counted; CLAP cosines equal the same CLAP called directly on the written files."""
+    from transformers import ClapModel, ClapProcessor
+
+    from anygpt.evaluation.listeners import read_16k
+
+    root = musiccaps_folder(tmp_path)
+    model, processor = ClapModel.from_pretrained(tiny_clap).eval(), ClapProcessor.from_pretrained(tiny_clap)
+
+    def unit(features) -> torch.Tensor:
+        return torch.nn.functional.normalize(getattr(features, "pooler_output", features)[0].double(), dim=0)
+
+    def audio(path) -> torch.Tensor:
+        with torch.no_grad():
+            return unit(model.get_audio_features(**processor.feature_extractor(
+                [read_16k(path)], sampling_rate=16000, return_tensors="pt")))
+
+    def text(caption: str) -> torch.Tensor:
+        with torch.no_grad():
+            return unit(model.get_text_features(**processor.tokenizer([caption], return_tensors="pt")))
+
+    tiny = str(ROOT / "configs/tiny.yaml")
+    m2t = evaluate(protocol(tmp_path / "m2t", task="m2t", model_config=tiny, samples="musiccaps", data_root=str(root),
+                            metrics=["clap", "clap_reference", "bleu4"], clap_model=str(tiny_clap), limit=None,
+                            generation={"text": {"do_sample": False, "max_new_tokens": 8}}))
+    [line] = [json.loads(x) for x in (tmp_path / "m2t" / "out" / "samples.jsonl").read_text().splitlines()]
+    assert m2t["samples"] == 2 and m2t["skipped"][0]["id"] == "ccc" and line["id"] == "aaa"
+    clip = root / "audio" / "aaa.wav"
+    assert line["scores"]["clap"] == pytest.approx(float(audio(clip) @ text(line["hypothesis"])), abs=1e-6)
+    assert line["scores"]["clap_reference"] == pytest.approx(float(audio(clip) @ text("A calm piano melody.")),
+                                                             abs=1e-6)
+    t2m = evaluate(protocol(tmp_path / "t2m", task="t2m", model_config=tiny, samples="musiccaps", data_root=str(root),
+                            metrics=["clap"], clap_model=str(tiny_clap), limit=None, generation={
+                                "music": {"do_sample": True, "max_new_tokens": 40}}))
+    lines = [json.loads(x) for x in (tmp_path / "t2m" / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["aaa", "ccc"] and t2m["scored"] == 2  # no audio needed to compose
+    scores = [float(audio(x["output"]) @ text(x["reference"])) for x in lines]
+    assert [x["scores"]["clap"] for x in lines] == pytest.approx(scores, abs=1e-6)
+    assert t2m["metrics"]["clap"] == pytest.approx(sum(scores) / 2, abs=1e-6)
