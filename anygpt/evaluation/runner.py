@@ -4,7 +4,9 @@
 ``scores``, ``input``) as soon as its batch is done, so an interrupted run loses at most one batch; a rerun reads
 it, skips those ids and appends the rest. Then ``summary.json`` (corpus-level metrics over every finished sample,
 counts, the protocol) and ``table.md`` are written from ``samples.jsonl`` alone, in the sample list's order, so a
-resumed run ends with the same files as an uninterrupted one.
+resumed run ends with the same files as an uninterrupted one. A sample whose request fails (an unreadable file,
+say) is written with its error, not scored, and listed under ``failed``; one that cannot be made at all (a missing
+file) is listed under ``skipped``.
 """
 
 from __future__ import annotations
@@ -226,7 +228,8 @@ MODALITY = {"asr": "speech", "tts": "speech", "t2i": "image", "caption": "image"
 
 def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample],
                normalize) -> dict:
-    finished = [done[s.id] for s in samples if s.id in done]
+    written = [done[s.id] for s in samples if s.id in done]
+    finished = [line for line in written if line["status"] == "ok"]  # a request that failed is not scored
     references = [normalize(line["reference"]) for line in finished]
     hypotheses = [normalize(line["hypothesis"]) for line in finished]
     metrics = {}
@@ -248,7 +251,7 @@ def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, di
         else:
             metrics[name] = METRICS[protocol.task][name](references, hypotheses)
     return {"task": protocol.task, "metrics": metrics, "samples": len(samples), "scored": len(finished),
-            "failed": sum(line["status"] != "ok" for line in finished),
+            "failed": [{"id": line["id"], "error": line["error"]} for line in written if line["status"] != "ok"],
             "skipped": [{"id": s.id, "problem": s.problem} for s in skipped],
             "protocol": {k: v for k, v in asdict(protocol).items() if k != "output_dir"}}
 
@@ -267,5 +270,5 @@ def table(summary: dict) -> str:
         else:
             shown = f"{value:.3f}"
         rows.append(f"| {summary['task']} | {name} | {shown} | {summary['scored']} / "
-                    f"{summary['samples']} | {summary['failed']} | {len(summary['skipped'])} |")
+                    f"{summary['samples']} | {len(summary['failed'])} | {len(summary['skipped'])} |")
     return "\n".join(rows)

@@ -61,7 +61,8 @@ def test_demo_asr_scores_what_it_wrote_and_resumes_to_the_same_summary(demo, tmp
     assert summary["metrics"]["wer"] == pytest.approx(float(word_error_rate(hyps, refs)), abs=1e-9)
     assert summary["metrics"]["cer"] == pytest.approx(float(char_error_rate(hyps, refs)), abs=1e-9)
     assert summary["metrics"]["wer"] <= 0.25  # the shipped demo hears its held-out speakers (benchmark: 3.7 %)
-    assert summary["scored"] == summary["samples"] == 4 and "wer" in (out / "table.md").read_text()
+    assert summary["scored"] == summary["samples"] == 4 and summary["failed"] == []
+    assert "wer" in (out / "table.md").read_text()
     first = (out / "summary.json").read_text()
     # an interruption after the first batch: the rerun generates the other two and ends with the same files
     (out / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:2]))
@@ -200,7 +201,16 @@ def test_a_librispeech_split_is_read_in_id_order_with_its_transcripts(demo, tmp_
     assert [x["id"] for x in written] == ["121-121726-0000", "908-31957-0000", "908-31957-0001"]
     assert written[0]["reference"] == lines[1]["text"].upper()
     assert summary["scored"] == 3 and summary["metrics"]["wer"] <= 0.25, written
-    with pytest.raises(AnyGPTError, match="gives 3 samples, the protocol pins 2620"):
+    # a corrupt file: its request fails, it is written with its error, counted, and not scored
+    broken = root / "908" / "31957" / "908-31957-0002.flac"
+    broken.write_bytes(b"not audio at all")
+    with (root / "908" / "31957" / "908-31957.trans.txt").open("a") as f:
+        f.write("908-31957-0002 A BROKEN FILE\n")
+    again = evaluate(protocol(tmp_path, samples="librispeech", data_root=str(root), limit=None), model=demo)
+    assert again["scored"] == 3 and [x["id"] for x in again["failed"]] == ["908-31957-0002"]
+    assert again["failed"][0]["error"]  # its reason, in one line
+    assert again["metrics"] == summary["metrics"]
+    with pytest.raises(AnyGPTError, match="gives 4 samples, the protocol pins 2620"):
         evaluate(protocol(tmp_path, samples="librispeech", data_root=str(root), expected_count=2620))
     with pytest.raises(AnyGPTError, match="no LibriSpeech split"):
         evaluate(protocol(tmp_path, samples="librispeech", data_root=str(tmp_path / "none")))
