@@ -4,9 +4,10 @@
 ``scores``, ``input``) as soon as its batch is done, so an interrupted run loses at most one batch; a rerun reads
 it, skips those ids and appends the rest. Then ``summary.json`` (corpus-level metrics over every finished sample,
 counts, the protocol) and ``table.md`` are written from ``samples.jsonl`` alone, in the sample list's order, so a
-resumed run ends with the same files as an uninterrupted one. A sample whose request fails (an unreadable file,
-say) is written with its error, not scored, and listed under ``failed``; one that cannot be made at all (a missing
-file) is listed under ``skipped``.
+resumed run ends with the same files as an uninterrupted one; ``run.json`` keeps the protocol, and a rerun that
+changes what decides a result (model, decoding, seed, metrics, ...) is refused. A sample whose request fails (an
+unreadable file, say) is written with its error, not scored, and listed under ``failed``; one that cannot be made
+at all (a missing file) is listed under ``skipped``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from anygpt import AnyGPTError
 from anygpt.cli_classes import load_predict_model
 from anygpt.evaluation.protocol import EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, prepare_reference, read_samples
@@ -28,6 +30,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
                            protocol.expected_count, MODALITY[protocol.task])
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
+    _same_run(out, protocol)
     done = _finished(out / "samples.jsonl")
     todo = [s for s in samples if s.id not in done]
     skipped = []
@@ -56,6 +59,24 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (out / "table.md").write_text(table(summary) + "\n", encoding="utf-8")
     return summary
+
+
+#: What a protocol may change between a run and its resumption (the rest decides every sample's result).
+RESUMABLE_CHANGES = {"output_dir", "data_root", "limit", "batch_size", "download_hint", "expected_count"}
+
+
+def _same_run(out: Path, protocol: EvalProtocol) -> None:
+    """Record the protocol in ``run.json`` on a first run; on a rerun, refuse one that would mix results."""
+    path = out / "run.json"
+    settings = {k: v for k, v in asdict(protocol).items() if k not in RESUMABLE_CHANGES}
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+    if changed:
+        raise AnyGPTError(f"output_dir: {out} holds a run of another protocol (changed: {', '.join(changed)}); "
+                          f"use another output_dir, or delete it to start over")
 
 
 def apply_generation(model, generation: dict[str, dict]) -> None:

@@ -72,6 +72,10 @@ def test_demo_asr_scores_what_it_wrote_and_resumes_to_the_same_summary(demo, tmp
     assert again.asked == 2 and (out / "summary.json").read_text() == first
     evaluate(protocol(tmp_path, instruction="Transcribe the audio."), model=again)  # nothing left to do
     assert again.asked == 2
+    with pytest.raises(AnyGPTError, match=r"another protocol \(changed: generation, seed\)") as err:
+        evaluate(protocol(tmp_path, instruction="Transcribe the audio.", seed=1, generation={"text": {
+            "num_beams": 2, "do_sample": False}}), model=again)
+    assert "\n" not in str(err.value) and again.asked == 2
 
 
 def test_missing_and_corrupt_samples(tmp_path):
