@@ -18,6 +18,7 @@ from pathlib import Path
 
 from anygpt import AnyGPTError
 from anygpt.cli_classes import load_predict_model
+from anygpt.evaluation.outputs import Outputs
 from anygpt.evaluation.protocol import EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, prepare_reference, read_samples
 from anygpt.evaluation.scorers import METRICS, normalizer, per_sample
@@ -42,7 +43,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
             if protocol.task in ("t2i", "caption", "m2t"):
                 reads = protocol.task in ("caption", "m2t")  # the picture or music is the input: made if demo
                 prepare_reference(sample, protocol.data_root, protocol.download_hint,
-                                  out / "inputs" if reads else None, "music" if "m" in protocol.task else "image")
+                                  out / "inputs" if reads else None, "music" if protocol.task == "m2t" else "image")
                 if reads and sample.input_path is None and not sample.problem:
                     sample.problem = "no input"
                 continue
@@ -115,16 +116,7 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
 
     from anygpt.data.requests import read_requests
 
-    listen = _listeners(protocol, model) if protocol.task == "tts" else None
-    clip = clap = None
-    if protocol.task == "t2i":
-        from anygpt.evaluation.listeners import ClipScorer
-
-        clip = ClipScorer(protocol.clip_model)
-    if protocol.task in ("t2m", "m2t") and {"clap", "clap_reference"} & set(protocol.metrics):
-        from anygpt.evaluation.listeners import ClapScorer
-
-        clap = ClapScorer(protocol.clap_model)
+    outputs_of = Outputs(protocol, model)
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
             batch = samples[start: start + protocol.batch_size]
@@ -133,12 +125,7 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
                 request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
             with torch.inference_mode():
                 answers = model.predict_step(requests)
-            if clip is not None:
-                outputs = _pictures(protocol, path.parent, batch, answers, clip)
-            elif protocol.task in ("t2m", "m2t"):
-                outputs = _music(protocol, path.parent, batch, answers, clap)
-            else:
-                outputs = _outputs(protocol, path.parent, batch, answers, listen)
+            outputs = outputs_of(path.parent, batch, answers)
             lines = []
             for sample, answer, (hypothesis, extra) in zip(batch, answers, outputs):
                 output = extra.pop("output", None)
@@ -154,94 +141,6 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
             bar.update(len(batch))
-
-
-def _listeners(protocol: EvalProtocol, model) -> tuple:
-    from anygpt.evaluation.listeners import Recogniser, SpeakerEncoder
-
-    speaker = SpeakerEncoder(protocol.speaker_model) if "sim" in protocol.metrics else None
-    return Recogniser(protocol.recogniser, model), speaker
-
-
-def _outputs(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], listen) -> list:
-    """Per sample: the hypothesis text and, for tts, the output file and its speaker similarity to the prompt."""
-    ok = [a.get("status") == "ok" for a in answers]
-    if listen is None:
-        return [((a.get("text") or "") if good else "", {}) for a, good in zip(answers, ok)]
-    import soundfile
-
-    recogniser, speaker = listen
-    folder = out / "outputs"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for sample, answer, good in zip(batch, answers, ok):
-        path = folder / f"{sample.index:05d}.wav"
-        if good:
-            soundfile.write(path, answer["media"].reshape(-1).float().numpy(), answer.get("sample_rate", 16000))
-        files.append(path if good else None)
-    spoken = [f for f in files if f is not None]
-    heard = dict(zip(spoken, recogniser(spoken, protocol.seed))) if spoken else {}
-    results = []
-    for sample, path in zip(batch, files):
-        if path is None:
-            results.append(("", {}))
-            continue
-        extra = {"output": str(path)}
-        if speaker is not None:
-            extra["sim"] = speaker.similarity(path, sample.input_path)
-        results.append((heard[path], extra))
-    return results
-
-
-def _pictures(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], clip) -> list:
-    """Per sample of t2i: no text, the picture written to ``outputs/``, its CLIP-T and (with a photo) CLIP-I."""
-    from PIL import Image
-
-    folder = out / "outputs"
-    folder.mkdir(parents=True, exist_ok=True)
-    results = []
-    for sample, answer in zip(batch, answers):
-        if answer.get("status") != "ok":
-            results.append(("", {}))
-            continue
-        path = folder / f"{sample.index:05d}.png"
-        answer["media"].save(path)
-        drawn = clip.image(Image.open(path))
-        extra = {"output": str(path)}
-        if "clip_t" in protocol.metrics:
-            extra["clip_t"] = float(drawn @ clip.text(sample.reference))
-        if "clip_i" in protocol.metrics and sample.input_path is not None:
-            extra["clip_i"] = float(drawn @ clip.image(Image.open(sample.input_path)))
-        results.append(("", extra))
-    return results
-
-
-def _music(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list[dict], clap) -> list:
-    """Per sample of t2m (the music written to ``outputs/``, its CLAP to the caption) or m2t (the caption, CLAP of
-    the input music to it and to the reference caption)."""
-    import soundfile
-
-    results = []
-    for sample, answer in zip(batch, answers):
-        if answer.get("status") != "ok":
-            results.append(("", {}))
-        elif protocol.task == "t2m":
-            folder = out / "outputs"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{sample.index:05d}.wav"
-            soundfile.write(path, answer["media"].reshape(-1).float().numpy(), answer.get("sample_rate", 32000))
-            extra = {"output": str(path)}
-            if clap is not None:
-                extra["clap"] = float(clap.audio(path) @ clap.text(sample.reference))
-            results.append(("", extra))
-        else:
-            caption, extra = answer.get("text") or "", {}
-            if clap is not None:
-                music = clap.audio(sample.input_path)
-                extra = {"clap": float(music @ clap.text(caption)),
-                         "clap_reference": float(music @ clap.text(sample.reference))}
-            results.append((caption, extra))
-    return results
 
 
 MODALITY = {"asr": "speech", "tts": "speech", "t2i": "image", "caption": "image", "t2m": "music", "m2t": "music"}
