@@ -100,18 +100,7 @@ class ClipScorer:
     with its processor, by Hugging Face id or local path (the paper's peers: ``openai/clip-vit-large-patch14``)."""
 
     def __init__(self, name: str):
-        try:
-            from transformers import CLIPModel, CLIPProcessor
-
-            self.model = CLIPModel.from_pretrained(name).eval()
-            self.processor = CLIPProcessor.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            raise AnyGPTError(f"clip_model: cannot load {name} ({one_line(err)})") from None
-
-    def _unit(self, features) -> np.ndarray:
-        features = getattr(features, "pooler_output", features)  # transformers v5 returns an output object
-        vector = features[0].double().numpy()
-        return vector / max(np.linalg.norm(vector), 1e-12)
+        self.model, self.processor = _model_and_processor("CLIPModel", "CLIPProcessor", name, "clip_model")
 
     def image(self, picture) -> np.ndarray:
         """The unit CLIP embedding of a PIL picture."""
@@ -119,7 +108,7 @@ class ClipScorer:
 
         with torch.inference_mode():
             inputs = self.processor(images=[picture.convert("RGB")], return_tensors="pt")
-            return self._unit(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+            return _unit(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
 
     def text(self, caption: str) -> np.ndarray:
         """The unit CLIP embedding of a caption (cut to CLIP's 77 tokens)."""
@@ -128,7 +117,7 @@ class ClipScorer:
         with torch.inference_mode():
             inputs = self.processor(text=[caption], return_tensors="pt", padding=True, truncation=True,
                                     max_length=77)
-            return self._unit(self.model.get_text_features(input_ids=inputs["input_ids"],
+            return _unit(self.model.get_text_features(input_ids=inputs["input_ids"],
                                                            attention_mask=inputs["attention_mask"]))
 
 
@@ -137,20 +126,8 @@ class ClapScorer:
     path (default in the MusicCaps protocols: ``laion/larger_clap_music``)."""
 
     def __init__(self, name: str):
-        try:
-            from transformers import ClapModel, ClapProcessor
-
-            self.model = ClapModel.from_pretrained(name).eval()
-            self.processor = ClapProcessor.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            raise AnyGPTError(f"clap_model: cannot load {name} ({one_line(err)})") from None
+        self.model, self.processor = _model_and_processor("ClapModel", "ClapProcessor", name, "clap_model")
         self.rate = int(self.processor.feature_extractor.sampling_rate)
-
-    @staticmethod
-    def _unit(features) -> np.ndarray:
-        features = getattr(features, "pooler_output", features)  # transformers v5 returns an output object
-        vector = features[0].double().numpy()
-        return vector / max(np.linalg.norm(vector), 1e-12)
 
     def audio(self, path: str | Path) -> np.ndarray:
         """The unit CLAP embedding of an audio file (mono, resampled to the model's rate)."""
@@ -163,7 +140,7 @@ class ClapScorer:
         wave = resample(torch.from_numpy(samples.mean(axis=1))[None], rate, self.rate)[0].numpy()
         with torch.inference_mode():
             inputs = self.processor.feature_extractor([wave], sampling_rate=self.rate, return_tensors="pt")
-            return self._unit(self.model.get_audio_features(**inputs))
+            return _unit(self.model.get_audio_features(**inputs))
 
     def text(self, caption: str) -> np.ndarray:
         """The unit CLAP embedding of a caption."""
@@ -171,5 +148,23 @@ class ClapScorer:
 
         with torch.inference_mode():
             inputs = self.processor.tokenizer([caption], return_tensors="pt", padding=True, truncation=True)
-            return self._unit(self.model.get_text_features(input_ids=inputs["input_ids"],
+            return _unit(self.model.get_text_features(input_ids=inputs["input_ids"],
                                                            attention_mask=inputs["attention_mask"]))
+
+
+def _model_and_processor(model_class: str, processor_class: str, name: str, field: str):
+    """A transformers model (in eval mode) and its processor from ``name``; one line naming ``field`` if not."""
+    import transformers
+
+    try:
+        model = getattr(transformers, model_class).from_pretrained(name).eval()
+        return model, getattr(transformers, processor_class).from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise AnyGPTError(f"{field}: cannot load {name} ({one_line(err)})") from None
+
+
+def _unit(features) -> np.ndarray:
+    """The first row of an embedding output (transformers v5 returns an output object) as a unit float64 vector."""
+    features = getattr(features, "pooler_output", features)
+    vector = features[0].double().numpy()
+    return vector / max(np.linalg.norm(vector), 1e-12)

@@ -47,10 +47,12 @@ def test_demo_tts_speaks_what_it_is_given_and_scores_its_voice_against_the_promp
 
 
 def test_unloadable_listeners_are_one_line():
-    from anygpt.evaluation.listeners import Recogniser, SpeakerEncoder
+    from anygpt.evaluation.listeners import ClapScorer, ClipScorer, Recogniser, SpeakerEncoder
 
     for make, word in ((lambda: Recogniser("/nonexistent/whisper"), "recogniser"),
-                       (lambda: SpeakerEncoder("/nonexistent/wavlm"), "speaker_model")):
+                       (lambda: SpeakerEncoder("/nonexistent/wavlm"), "speaker_model"),
+                       (lambda: ClipScorer("/nonexistent/clip"), "clip_model"),
+                       (lambda: ClapScorer("/nonexistent/clap"), "clap_model")):
         with pytest.raises(AnyGPTError, match=word) as err:
             make()
         assert "\n" not in str(err.value)
