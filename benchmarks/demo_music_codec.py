@@ -45,7 +45,7 @@ def frame_pitches(wave: np.ndarray, frames: int, hop: int) -> np.ndarray:
 
 def measure(folder: str, lines: list[dict], seed: int) -> dict:
     from anygpt.demo.heldout import play
-    from anygpt.tokenizers.music import EncodecMusicCodec
+    from anygpt.tokenizers.music import EncodecMusicCodec, flatten_codes, unflatten_codes
 
     codec = EncodecMusicCodec(source=folder, segment_seconds=None)
     levels, size = codec.num_codebooks, codec.codebook_size
@@ -55,11 +55,10 @@ def measure(folder: str, lines: list[dict], seed: int) -> dict:
         wave = play(line)
         codes = codec.encode([(torch.from_numpy(wave)[None], 16000)])[0]
         kept.append(melody_right(codec.decode([codes])[0], line["attributes"]))
-        frames = codes.reshape(-1, levels).t() - torch.arange(levels)[:, None] * size  # [levels, T], unshifted
+        frames = unflatten_codes(codes, levels, size)  # [levels, T], unshifted
         noisy = frames.clone()
         noisy[1:] = torch.randint(0, size, noisy[1:].shape, generator=generator)
-        flat = (noisy + torch.arange(levels)[:, None] * size).t().reshape(-1)
-        shuffled.append(melody_right(codec.decode([flat])[0], line["attributes"]))
+        shuffled.append(melody_right(codec.decode([flatten_codes(noisy, size)])[0], line["attributes"]))
         pitch = frame_pitches(wave, frames.shape[1], codec.hop_length)
         voiced = ~np.isnan(pitch)
         first = frames[0].numpy()[voiced]

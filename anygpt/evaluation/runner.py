@@ -19,7 +19,7 @@ from pathlib import Path
 from anygpt import AnyGPTError
 from anygpt.cli_classes import load_predict_model
 from anygpt.evaluation.outputs import Outputs
-from anygpt.evaluation.protocol import EvalProtocol
+from anygpt.evaluation.protocol import TASKS, EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, prepare_reference, read_samples
 from anygpt.evaluation.scorers import METRICS, normalizer, per_sample
 
@@ -29,7 +29,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     out = Path(protocol.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
-                           protocol.expected_count, MODALITY[protocol.task])
+                           protocol.expected_count, next(m for m in TASKS[protocol.task] if m != "text"))
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     _same_run(out, protocol)
     done = _finished(out / "samples.jsonl")
@@ -97,17 +97,12 @@ def _finished(path: Path) -> dict[str, dict]:
 
 
 def _request(task: str, sample: Sample) -> str:
-    if task == "asr":
-        return f"speech|text|{sample.input_path.resolve()}"
-    if task == "t2i":
-        return f"text|image|{sample.reference}"
-    if task == "caption":
-        return f"image|text|{sample.input_path.resolve()}"
-    if task == "t2m":
-        return f"text|music|{sample.reference}"
-    if task == "m2t":
-        return f"music|text|{sample.input_path.resolve()}"
-    return f"text|speech|{sample.reference}|{sample.input_path.resolve()}"  # tts: the sentence, the voice prompt
+    """The request line of a sample: a text source is its reference; a media source, its input file; tts adds
+    its voice prompt."""
+    source, target = TASKS[task]
+    content = sample.reference if source == "text" else sample.input_path.resolve()
+    prompt = f"|{sample.input_path.resolve()}" if task == "tts" else ""
+    return f"{source}|{target}|{content}{prompt}"
 
 
 def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, normalize) -> None:
@@ -141,9 +136,6 @@ def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, 
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
             bar.update(len(batch))
-
-
-MODALITY = {"asr": "speech", "tts": "speech", "t2i": "image", "caption": "image", "t2m": "music", "m2t": "music"}
 
 
 def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, dict], skipped: list[Sample],

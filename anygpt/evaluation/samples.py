@@ -78,13 +78,10 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
     and counts."""
     record = sample.source
     if key in record:
-        if data_root is None or not Path(data_root).is_dir():
-            hint = f" (download: {download_hint})" if download_hint else ""
-            raise AnyGPTError(f"data_root: the data set is not at {data_root}{hint}")
-        path = Path(data_root) / record[key]
-        if not path.is_file():
-            sample.problem = f"missing file {path}"
-        elif not sample.reference.strip():
+        path = _data_file(sample, key, data_root, download_hint)
+        if path is None:
+            return
+        if not sample.reference.strip():
             sample.problem = "empty reference"
         elif key == "prompt" and prompt_seconds:
             sample.input_path = _cut(path, folder / f"{sample.index:05d}_prompt.wav", prompt_seconds)
@@ -106,6 +103,18 @@ def prepare_audio(sample: Sample, data_root: str | None, folder: Path, download_
 def _missing(what: str, data_root: str | None, download_hint: str | None) -> AnyGPTError:
     hint = f" (download: {download_hint})" if download_hint else ""
     return AnyGPTError(f"data_root: no {what} at {data_root}{hint}")
+
+
+def _data_file(sample: Sample, key: str, data_root: str | None, download_hint: str | None) -> Path | None:
+    """The data set's file that ``sample.source[key]`` names; None (the sample marked) where it is missing; a
+    missing data set is an error naming what to download."""
+    if data_root is None or not Path(data_root).is_dir():
+        raise _missing("data set", data_root, download_hint)
+    path = Path(data_root) / sample.source[key]
+    if path.is_file():
+        return path
+    sample.problem = f"missing file {path}"
+    return None
 
 
 def librispeech(data_root: str | None, download_hint: str | None) -> list[Sample]:
@@ -240,10 +249,4 @@ def prepare_reference(sample: Sample, data_root: str | None, download_hint: str 
                 picture(sample.source).save(path)
             sample.input_path = path
         return
-    if data_root is None or not Path(data_root).is_dir():
-        raise _missing("data set", data_root, download_hint)
-    path = Path(data_root) / sample.source[key]
-    if path.is_file():
-        sample.input_path = path
-    else:
-        sample.problem = f"missing file {path}"
+    sample.input_path = _data_file(sample, key, data_root, download_hint)

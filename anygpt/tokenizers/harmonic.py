@@ -66,11 +66,14 @@ class HarmonicDecoder(nn.Module):
             latents = layer(latents)
         return latents
 
+    def frequency(self, logit: torch.Tensor) -> torch.Tensor:
+        """Hz of a pitch logit: ``f_min`` to ``f_max``, even on a log scale."""
+        return self.f_min * torch.exp(torch.sigmoid(logit) * math.log(self.f_max / self.f_min))
+
     def pitch(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per frame: fundamental in Hz ``[B, T]``, voicing logit ``[B, T]``, harmonic amplitudes ``[B, K, T]``."""
         out = self.head(features)
-        span = math.log(self.f_max / self.f_min)
-        f0 = self.f_min * torch.exp(torch.sigmoid(out[:, 0]) * span)
+        f0 = self.frequency(out[:, 0])
         amplitudes = F.softplus(out[:, 2:]) * torch.sigmoid(out[:, 1:2])
         return f0, out[:, 1], amplitudes
 

@@ -13,7 +13,6 @@ A trained model loads back into the inference class: ``EncodecMusicCodec(source=
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -126,9 +125,7 @@ class EncodecTrainer(TrainsCodecNetwork, LightningModule):
             book = model.quantizer.layers[0].codebook.embed.to(embeddings.dtype)
             first = F.embedding(codes[0], book).transpose(1, 2)  # [B, D, T]: the first code's vectors
             first = embeddings + (first - embeddings).detach()  # straight through to the encoder
-            decoder = model.decoder
-            span = math.log(decoder.f_max / decoder.f_min)
-            first_f0 = decoder.f_min * torch.exp(torch.sigmoid(self.first_pitch_head(first)[:, 0].float()) * span)
+            first_f0 = model.decoder.frequency(self.first_pitch_head(first)[:, 0].float())
         return wave[:, 0, : audio.shape[-1]], codes, commit, f0, first_f0
 
     def _losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:

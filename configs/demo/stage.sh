@@ -160,6 +160,11 @@ lm_inputs() {  # whether the shards and chat records of configs/demo/lm.yaml are
   done
 }
 
+lm_data() {  # the LM's inputs where missing: data/demo_lm_inputs.txz unpacked if there is one, else part2_data
+  if ! lm_inputs && [ -f data/demo_lm_inputs.txz ]; then tar -xJf data/demo_lm_inputs.txz; fi
+  lm_inputs || bash "$0" part2_data
+}
+
 voice_records() {  # the voice-prompt records of both splits, where missing (from the speech shards)
   local split
   for split in train val; do
@@ -268,8 +273,7 @@ case "$stage" in
     tar -cJf data/demo_lm_inputs.txz data/demo/{shards,shards_image,shards_music} data/demo/chat/{train,val}.jsonl ;;
   part2_lm)
     export DEMO_MINUTES=${DEMO_MINUTES:-20}
-    if ! lm_inputs && [ -f data/demo_lm_inputs.txz ]; then tar -xJf data/demo_lm_inputs.txz; fi
-    lm_inputs || bash "$0" part2_data
+    lm_data
     bash "$0" lm
     ship_tar lm ;;
   part2_lease)
@@ -277,8 +281,7 @@ case "$stage" in
     mkdir -p runs/demo
     bash "$0" image_decoder_refine ${out:+"$out/dec"} > runs/demo/refine.log 2>&1 &  # its scenes() waits on the lock
     {
-      if ! lm_inputs && [ -f data/demo_lm_inputs.txz ]; then tar -xJf data/demo_lm_inputs.txz; fi
-      lm_inputs || bash "$0" part2_data
+      lm_data
       left=$(python3 -c "import time
 print(round(max(3.0, ${DEMO_LEASE_MINUTES:-25} - 2 - (time.time() - $started) / 60), 2))")
       steps=$(python3 -c "print(int($left * ${DEMO_LM_STEPS_PER_MINUTE:-750}))")

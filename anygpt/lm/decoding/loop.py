@@ -63,8 +63,6 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
     Returns:
         The generated ids of each row, stop or end token included when one was generated.
     """
-    if any(p.num_beams > 1 for p in presets):
-        return _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast)
     outputs: list[list[int]] = [[] for _ in prompts]
     for new in generate_stream(model, prompts, presets, grammars, seeds, pad_id, fast, stream=False):
         for row, ids in zip(outputs, new):
