@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from demo_media import objects_right
 from timing import write_json
+
+from anygpt.demo.verdicts import scene_right
 
 
 def load_codec(folder: Path, steps: int):
@@ -40,12 +41,6 @@ def load_codec(folder: Path, steps: int):
                             height=config["image_size"], width=config["image_size"])
     return SeedImageCodec(quantizer=str(folder / "seed_quantizer.pt"), visual=str(folder / "eva_vit_g.pth"),
                           decoder=decoder, dtype="float32", config=config)
-
-
-def right(picture, attributes: dict) -> bool:
-    from anygpt.demo.image_judge import objects
-
-    return objects_right(objects(picture), attributes)
 
 
 def pixels(pictures: list) -> torch.Tensor:
@@ -141,7 +136,7 @@ def main() -> None:
     decoded = codec.decode(codec.encode([str(p) for p in paths]), seeds=[args.seed + i for i in range(len(paths))])
     groups = [line["attributes"].get("size", "several") for line in lines]
     result = {"benchmark": "demo_image_codec", "codec": args.codec, "count": len(lines),
-              "round_trip": by_group([right(p, line["attributes"]) for p, line in zip(decoded, lines)], groups)}
+              "round_trip": by_group([scene_right(p, line["attributes"]) for p, line in zip(decoded, lines)], groups)}
     teacher = None
     if args.vae:
         from anygpt.training.image_embedders import (
@@ -156,7 +151,7 @@ def main() -> None:
         single = [line for line in lines if "color" in line["attributes"]]
         drawn = codec.decoder.decode(teacher(pixels([picture(line) for line in single])),
                                      seeds=list(range(len(single))))
-        result["teacher"] = by_group([right(p, line["attributes"]) for p, line in zip(drawn, single)],
+        result["teacher"] = by_group([scene_right(p, line["attributes"]) for p, line in zip(drawn, single)],
                                      [line["attributes"]["size"] for line in single])
     if args.probe:
         result["probe"] = probes(codec, teacher, args.probe, args.seed, folder)

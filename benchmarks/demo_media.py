@@ -26,25 +26,7 @@ import soundfile
 import torch
 from timing import write_json
 
-
-def objects_right(found: list[dict], attributes: dict) -> bool:
-    """Whether the analyser's objects are the scene's shapes: the same (colour, shape) pairs, none missing or extra."""
-    wanted = attributes.get("shapes") or [{"color": attributes["color"], "shape": attributes["shape"]}]
-    return sorted((o["color"], o["shape"]) for o in found) == sorted((s["color"], s["shape"]) for s in wanted)
-
-
-def scene_words(attributes: dict) -> list[str]:
-    shapes = attributes.get("shapes") or [attributes]
-    return [word for s in shapes for word in (s["color"], s["shape"])]
-
-
-def melody_right(wave, attributes: dict) -> dict:
-    from anygpt.demo.music_judge import judge
-
-    found = judge(np.asarray(wave, dtype=np.float32).reshape(-1), 16000)
-    tempo = found["tempo"] is not None and abs(found["tempo"] - attributes["tempo"]) <= 0.1 * attributes["tempo"]
-    key = (found["key"], found["mode"]) == (attributes["key"], attributes["mode"])
-    return {"tempo": tempo, "key": key, "both": tempo and key}
+from anygpt.demo.verdicts import melody_right, melody_words, scene_right, scene_words
 
 
 def share(flags: list[bool]) -> float | None:
@@ -54,7 +36,6 @@ def share(flags: list[bool]) -> float | None:
 def image_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
     from anygpt.demo.conversations import names_all
     from anygpt.demo.heldout import picture
-    from anygpt.demo.image_judge import objects
 
     paths = []
     for i, line in enumerate(lines):
@@ -68,10 +49,10 @@ def image_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
     started = time.perf_counter()
     drawn = demo.generate([line["text"] for line in lines], "image", seed=seed)
     draw_s = (time.perf_counter() - started) / len(lines)
-    right = [objects_right(objects(p), line["attributes"]) for p, line in zip(drawn, lines)]
+    right = [scene_right(p, line["attributes"]) for p, line in zip(drawn, lines)]
     codec = demo.model.codecs["image"]
     rebuilt = codec.decode(codec.encode([str(p) for p in paths]), seeds=[seed + i for i in range(len(paths))])
-    kept = [objects_right(objects(p), line["attributes"]) for p, line in zip(rebuilt, lines)]
+    kept = [scene_right(p, line["attributes"]) for p, line in zip(rebuilt, lines)]
     pick = lambda flags, one: [f for f, s in zip(flags, single) if s == one]  # noqa: E731
     return {"count": len(lines), "single_shape": sum(single),
             "image_to_text": {"single": share(pick(named, True)), "several": share(pick(named, False)),
@@ -93,7 +74,7 @@ def music_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
     started = time.perf_counter()
     captions = demo.describe(paths, "music", seed=seed)
     caption_s = (time.perf_counter() - started) / len(lines)
-    words = [[line["attributes"][k] for k in ("instrument", "tempo_class", "mode")] for line in lines]
+    words = [melody_words(line["attributes"]) for line in lines]
     named = [names_all(c, w) for c, w in zip(captions, words)]
     key_named = [names_all(c, [f"{line['attributes']['key']} {line['attributes']['mode']}"])
                  for c, line in zip(captions, lines)]

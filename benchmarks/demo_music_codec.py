@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from demo_media import melody_right, share
+from demo_media import share
 from timing import write_json
+
+from anygpt.demo.verdicts import melody_right
 
 
 def purity(pairs: list[tuple[int, int]]) -> float | None:

@@ -9,7 +9,7 @@ from anygpt import AnyGPTError
 
 #: What each task generates from what: the request's source and target modality.
 TASKS = {"asr": ("speech", "text"), "tts": ("text", "speech"), "t2i": ("text", "image"),
-         "caption": ("image", "text"), "t2m": ("text", "music"), "m2t": ("music", "text")}
+         "caption": ("image", "text"), "t2m": ("text", "music"), "m2t": ("music", "text"), "chat": ("chat", "text")}
 
 
 @dataclass
@@ -23,7 +23,9 @@ class EvalProtocol:
             picture to the caption, CLIP-T, and to the reference photo, CLIP-I, by ``clip_model``) or ``caption``
             (picture -> text: CIDEr-D and BLEU-4 against all of its reference captions) or ``t2m`` (caption ->
             music: CLAP similarity of the music to the caption) or ``m2t`` (music -> caption: CLAP similarity of
-            the music to the written caption, beside its reference caption's, and CIDEr-D, BLEU-4).
+            the music to the written caption, beside its reference caption's, and CIDEr-D, BLEU-4) or ``chat``
+            (a demo-world conversation, ``anygpt/demo/heldout_chat.jsonl``, -> a reply, written or spoken: whether
+            it names every word its record's ``must_name`` lists and speaks when asked to).
         model_config: The predict config whose model is evaluated (``anygpt predict --config``).
         overrides: Command-line style arguments for that config, e.g. ``["--model.backbone", "my-export"]``.
         samples: ``librispeech``: every utterance under ``data_root`` (a LibriSpeech split's folder, its
@@ -36,7 +38,9 @@ class EvalProtocol:
             the pinned sample list, one JSON object per line: ``id``, ``text`` (the reference) and ``audio``
             (asr) or ``prompt`` (tts: the voice prompt), paths under ``data_root``; or a line of the demo world's
             held-out list (``anygpt/demo/heldout.jsonl``: ``modality``, ``text``, ``attributes``), whose speech is
-            rendered by espeak-ng (tts: the prompt is the next line's sentence in this line's voice).
+            rendered by espeak-ng (tts: the prompt is the next line's sentence in this line's voice), whose pictures
+            and melodies are drawn and played from their attributes; or (chat) a held-out conversation of
+            ``anygpt/demo/heldout_chat.jsonl``, its ``answer`` the reference.
         data_root: Where the data set the sample paths name lies (LibriSpeech's ``LibriSpeech/test-clean``, say).
         download_hint: What to download when ``data_root`` lacks a sample (said in the error).
         expected_count: How many samples the data set must give (a whole split pinned by its size).
@@ -53,9 +57,13 @@ class EvalProtocol:
             characters); tts also ``sim`` (mean cosine of output and prompt speaker embeddings); t2i ``clip_t`` and
             ``clip_i`` (mean cosines; the paper's 0.65 is CLIP-I, picture against photo); caption ``cider`` and
             ``bleu4`` (corpus-level, ``anygpt.evaluation.caption_metrics``); t2m ``clap``; m2t ``clap``,
-            ``clap_reference`` (the real caption's), ``cider``, ``bleu4``.
-        recogniser: tts: who transcribes the output: ``self`` (the evaluated model's own speech -> text) or a
-            transformers speech-recognition model by id or path (the paper: ``openai/whisper-medium``).
+            ``clap_reference`` (the real caption's), ``cider``, ``bleu4``. On the demo world's held-out lines, by
+            its analysers (``anygpt.demo.verdicts``), shares of the samples: t2i and t2m ``judged`` (the picture
+            shows exactly the caption's coloured shapes; the melody has its tempo within 10 % and its key and mode),
+            t2m also ``tempo`` and ``key`` alone; caption, m2t and chat ``named`` (names every colour and shape;
+            instrument, tempo class and mode; the record's ``must_name``); chat ``spoken_as_asked``.
+        recogniser: tts and chat: who transcribes the spoken output: ``self`` (the evaluated model's own speech ->
+            text) or a transformers speech-recognition model by id or path (the paper: ``openai/whisper-medium``).
         speaker_model: tts: a transformers ``WavLMForXVector`` by id or path (the paper's SIM model) or
             ``resemblyzer``.
         clip_model: t2i: a transformers ``CLIPModel`` (with its processor) by id or path.
@@ -67,7 +75,7 @@ class EvalProtocol:
         output_dir: Where ``samples.jsonl``, ``summary.json`` and ``table.md`` are written (and generated media).
     """
 
-    task: Literal["asr", "tts", "t2i", "caption", "t2m", "m2t"]
+    task: Literal["asr", "tts", "t2i", "caption", "t2m", "m2t", "chat"]
     model_config: str
     samples: str
     output_dir: str

@@ -21,7 +21,7 @@ from anygpt.cli_classes import load_predict_model
 from anygpt.evaluation.outputs import Outputs
 from anygpt.evaluation.protocol import TASKS, EvalProtocol
 from anygpt.evaluation.samples import Sample, prepare_audio, prepare_reference, read_samples
-from anygpt.evaluation.scorers import METRICS, normalizer, per_sample
+from anygpt.evaluation.scorers import METRICS, WORLD_METRICS, normalizer, per_sample
 
 
 def evaluate(protocol: EvalProtocol, model=None) -> dict:
@@ -30,6 +30,7 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(protocol.samples, protocol.limit, protocol.data_root, protocol.download_hint,
                            protocol.expected_count, next(m for m in TASKS[protocol.task] if m != "text"))
+    _world_samples(protocol, samples)
     normalize = normalizer(protocol.normalizer, protocol.normalizer_mapping)  # fails early where it cannot load
     _same_run(out, protocol)
     done = _finished(out / "samples.jsonl")
@@ -38,6 +39,13 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
     if todo:
         key = "audio" if protocol.task == "asr" else "prompt"
         for sample in todo:
+            if protocol.task == "chat":
+                from anygpt.demo.conversations import materialize
+
+                sample.conversation = materialize(sample.source, out / "inputs")
+                turn = sample.conversation["turns"][0]
+                sample.input_path = Path(turn.get("image") or turn.get("music"))
+                continue
             if protocol.task == "t2m":
                 continue  # a caption is all it needs (the reference music is not scored against)
             if protocol.task in ("t2i", "caption", "m2t"):
@@ -64,6 +72,16 @@ def evaluate(protocol: EvalProtocol, model=None) -> dict:
 
 #: What a protocol may change between a run and its resumption (the rest decides every sample's result).
 RESUMABLE_CHANGES = {"output_dir", "data_root", "limit", "batch_size", "download_hint", "expected_count"}
+
+
+def _world_samples(protocol: EvalProtocol, samples: list[Sample]) -> None:
+    """Refuse metrics of the demo world's analysers on samples that are not its held-out lines."""
+    world = sorted(WORLD_METRICS & set(protocol.metrics))
+    key = "must_name" if protocol.task == "chat" else "attributes"
+    stranger = next((s for s in samples if key not in s.source), None)
+    if world and stranger is not None:
+        raise AnyGPTError(f"metrics: {world[0]!r} judges the demo world's held-out lines (their {key}); sample "
+                          f"{stranger.id!r} of {protocol.samples} has none")
 
 
 def _same_run(out: Path, protocol: EvalProtocol) -> None:
@@ -105,21 +123,35 @@ def _request(task: str, sample: Sample) -> str:
     return f"{source}|{target}|{content}{prompt}"
 
 
+def _requests(protocol: EvalProtocol, batch: list[Sample]) -> list:
+    from anygpt.data.requests import read_requests
+
+    requests = read_requests([_request(protocol.task, s) for s in batch])
+    for request, sample in zip(requests, batch):
+        request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
+    return requests
+
+
+def _chat(model, batch: list[Sample], seed: int) -> list[dict]:
+    """The replies to a batch of chat samples, sample ``i`` seeded with ``seed + i``."""
+    from anygpt.data.chat import parse_conversation
+    from anygpt.lm.chat_session import answer
+
+    return answer(model, [parse_conversation({**s.conversation, "seed": seed + s.index}, n, set(model.codecs))
+                          for n, s in enumerate(batch)])
+
+
 def _generate(protocol: EvalProtocol, model, samples: list[Sample], path: Path, normalize) -> None:
     import torch
     from tqdm import tqdm
-
-    from anygpt.data.requests import read_requests
 
     outputs_of = Outputs(protocol, model)
     with tqdm(total=len(samples), desc=f"evaluate {protocol.task}", unit="sample") as bar:
         for start in range(0, len(samples), protocol.batch_size):
             batch = samples[start: start + protocol.batch_size]
-            requests = read_requests([_request(protocol.task, s) for s in batch])
-            for request, sample in zip(requests, batch):
-                request.seed, request.instruction = protocol.seed + sample.index, protocol.instruction
             with torch.inference_mode():
-                answers = model.predict_step(requests)
+                answers = _chat(model, batch, protocol.seed) if protocol.task == "chat" else \
+                    model.predict_step(_requests(protocol, batch))
             outputs = outputs_of(path.parent, batch, answers)
             lines = []
             for sample, answer, (hypothesis, extra) in zip(batch, answers, outputs):
@@ -169,14 +201,17 @@ def _summarise(protocol: EvalProtocol, samples: list[Sample], done: dict[str, di
 
 
 def table(summary: dict) -> str:
-    """The summary as a Markdown table, one row per metric with the sample counts: error rates in percent, CIDEr
-    and BLEU-4 times 100 (as papers print them), cosines as they are."""
+    """The summary as a Markdown table, one row per metric with the sample counts: error rates and the demo
+    world's shares judged right in percent, CIDEr and BLEU-4 times 100 (as papers print them), cosines as they
+    are."""
     rows = ["| task | metric | value | scored / samples | failed | skipped |", "|---|---|---|---|---|---|"]
     for name, value in summary["metrics"].items():
         if value is None:
             shown = "n/a"
         elif name in ("wer", "cer"):
             shown = f"{100 * value:.2f} %"
+        elif name in WORLD_METRICS:
+            shown = f"{100 * value:.1f} %"
         elif name in ("cider", "bleu4"):
             shown = f"{100 * value:.1f}"
         else:

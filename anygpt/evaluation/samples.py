@@ -11,7 +11,8 @@ from anygpt import AnyGPTError
 
 @dataclass
 class Sample:
-    """One pinned sample: its id, reference text, and the input file (None where it could not be made)."""
+    """One pinned sample: its id, reference text, and the input file (None where it could not be made); a chat
+    sample's conversation as a chat input line (``anygpt.data.chat``)."""
 
     index: int
     id: str
@@ -19,6 +20,7 @@ class Sample:
     source: dict
     input_path: Path | None = None
     problem: str | None = None
+    conversation: dict | None = None
 
 
 def read_samples(path: str | Path, limit: int | None = None, data_root: str | None = None,
@@ -26,7 +28,8 @@ def read_samples(path: str | Path, limit: int | None = None, data_root: str | No
                  modality: str = "speech") -> list[Sample]:
     """The samples of a pinned list (JSONL), in order, or of a data set a reader knows (``READERS``: ``path``
     ``librispeech`` or ``vctk``); a line that is not a sample is an error naming it. Lines of the demo world's
-    held-out list count where their ``modality`` is the task's input (``speech``) or output (``image``)."""
+    held-out list count where their ``modality`` is the task's input (``speech``) or output (``image``); lines of
+    its held-out conversations (modality ``chat``) have their ``answer`` as the reference."""
     if str(path) in READERS:
         found = READERS[str(path)](data_root, download_hint)
         if expected_count is not None and len(found) != expected_count:
@@ -44,9 +47,14 @@ def read_samples(path: str | Path, limit: int | None = None, data_root: str | No
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise AnyGPTError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if modality == "chat" and isinstance(record, dict) and "modality" not in record:
+            if not isinstance(record.get("must_name"), list) or not isinstance(record.get("attachment"), dict):
+                raise AnyGPTError(f"{path}:{number}: a conversation needs its attachment and must_name "
+                                  f"(anygpt/demo/heldout_chat.jsonl)")
+            record = {**record, "text": str(record.get("answer", ""))}
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise AnyGPTError(f"{path}:{number}: a sample needs a text (its reference)")
-        if "modality" in record and record["modality"] != modality:
+        if record.get("modality", modality) != modality:
             continue  # other modalities of a mixed list (the demo's held-out list)
         ident = str(record.get("id", f"{path.stem}-{len(samples):05d}"))
         samples.append(Sample(len(samples), ident, record["text"], record))

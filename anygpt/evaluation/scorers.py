@@ -60,11 +60,16 @@ def _jiwer(name: str) -> Callable[[Sequence[str], Sequence[str]], float]:
 METRICS: dict[str, dict[str, Callable[[Sequence[str], Sequence[str]], float]]] = {
     "asr": {"wer": _jiwer("wer"), "cer": _jiwer("cer")},
     "tts": {"wer": _jiwer("wer"), "cer": _jiwer("cer"), "sim": None},  # None: the mean of the samples' scores
-    "t2i": {"clip_t": None, "clip_i": None},
-    "caption": {"cider": None, "bleu4": None},  # corpus-level over every image's references (caption_metrics)
-    "t2m": {"clap": None},
-    "m2t": {"clap": None, "clap_reference": None, "cider": None, "bleu4": None},
+    "t2i": {"clip_t": None, "clip_i": None, "judged": None},
+    "caption": {"cider": None, "bleu4": None, "named": None},  # corpus-level over every image's references
+    "t2m": {"clap": None, "judged": None, "tempo": None, "key": None},
+    "m2t": {"clap": None, "clap_reference": None, "cider": None, "bleu4": None, "named": None},
+    "chat": {"named": None, "spoken_as_asked": None},
 }
+
+#: Metrics judged by the demo world's analysers (``anygpt.demo.verdicts``): shares of the samples judged right,
+#: which need the ``attributes`` (or ``must_name``) of the world's held-out lines.
+WORLD_METRICS = {"judged", "tempo", "key", "named", "spoken_as_asked"}
 
 
 def per_sample(task: str, metrics: Sequence[str], reference: str, hypothesis: str) -> dict[str, float]:
