@@ -7,8 +7,9 @@ its colours and shapes. text->music: the melody made from a held-out caption mus
 its key and mode, by the pitch and onset tracker ``anygpt.demo.music_judge``. music->text: the caption of a held-out
 melody must name its instrument, tempo class and mode. chat: each held-out conversation (``heldout_chat.jsonl``,
 rendered by ``anygpt.demo.conversations.materialize``) is right when the reply (its text, and the demo's transcript of
-any speech in it) names every word its ``must_name`` lists. Also the codecs' own round trips (the ceilings of the
-generation goals) and the CPU time per item. Part 1's speech goals: ``benchmarks/demo_speech.py``.
+any speech in it) names every word its ``must_name`` lists; of the spoken replies, how many say them in speech too.
+Also the codecs' own round trips (the ceilings of the generation goals) and the CPU time per item. Part 1's speech
+goals: ``benchmarks/demo_speech.py``.
 
     python benchmarks/demo_media.py                        # the shipped weights (configs/demo.yaml)
     python benchmarks/demo_media.py --count 40 --tasks image music
@@ -101,7 +102,7 @@ def chat_part(demo, records: list[dict], folder: Path, seed: int) -> dict:
     started = time.perf_counter()
     responses = demo.chat(lines, seed=seed)
     chat_s = (time.perf_counter() - started) / len(lines)
-    right, spoken, examples = [], [], []
+    right, spoken, says, examples = [], [], [], []
     for record, response in zip(records, responses):
         reply = response["replies"][0] if response.get("replies") else {"text": "", "media": []}
         heard = ""
@@ -110,11 +111,13 @@ def chat_part(demo, records: list[dict], folder: Path, seed: int) -> dict:
             path = folder / f"{record['id']}_reply.wav"
             soundfile.write(path, speech[0]["media"][0].numpy(), 16000)
             heard = demo.transcribe([path], seed=seed)[0]
+            says.append(names_all(heard, record["must_name"]))
         right.append(names_all(f"{reply['text']} {heard}", record["must_name"]))
         spoken.append(bool(speech) == bool(record["speak"]))
         examples.append({"question": record["question"], "reply": reply["text"], "heard": heard,
                          "must_name": record["must_name"]})
     return {"count": len(records), "right": share(right), "spoken_as_asked": share(spoken),
+            "speech_names_them": share(says), "spoken_replies": len(says),
             "seconds_per_conversation": chat_s, "examples": examples[:5]}
 
 
@@ -173,6 +176,7 @@ def report(result: dict) -> None:
         r = result["chat"]
         print(f"{'chat':<14} {'reply names every attribute (spoken as asked)':<52} {pct(r['right'])} "
               f"({pct(r['spoken_as_asked']).strip()})")
+        print(f"{'chat':<14} {'spoken replies whose speech alone names them':<52} {pct(r.get('speech_names_them'))}")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,26 @@ def test_world_metrics_need_the_worlds_held_out_lines(tmp_path):
     bad.write_text(json.dumps({"id": "x", "question": "hi"}) + "\n")
     with pytest.raises(AnyGPTError, match="chat.jsonl:1: a conversation needs its attachment and must_name"):
         evaluate(protocol(tmp_path, task="chat", samples=str(bad), metrics=["named"]), model=Oracle("image", True))
+
+
+@pytest.mark.parametrize("name", ["demo_t2i", "demo_caption", "demo_t2m", "demo_m2t", "demo_chat"])
+def test_each_demo_twin_runs_end_to_end_on_the_shipped_model(demo, tmp_path, name):
+    """Every demo twin's protocol, as its YAML pins it, on its first two samples with the shipped model: each sample
+    scored, every metric of the protocol in the summary."""
+    import yaml
+
+    from anygpt.evaluation.protocol import EvalProtocol
+
+    if "image" not in demo.codecs or "music" not in demo.codecs:
+        pytest.skip("configs/demo.yaml has no part-2 codecs (image, music)")
+    settings = yaml.safe_load((ROOT / "configs" / "eval" / f"{name}.yaml").read_text())
+    settings.update(limit=2, batch_size=2, output_dir=str(tmp_path / name), samples=str(ROOT / settings["samples"]))
+    presets = dict(demo.presets)
+    try:
+        summary = evaluate(EvalProtocol(**settings), model=demo)
+    finally:
+        demo.presets.clear()
+        demo.presets.update(presets)  # the protocol's decoding stays with it
+    assert summary["scored"] == summary["samples"] == 2 and not summary["failed"] and not summary["skipped"]
+    assert set(summary["metrics"]) == set(settings["metrics"])
+    assert all(value is not None for value in summary["metrics"].values()), summary["metrics"]
