@@ -27,7 +27,8 @@ NEG = -1.0e9
 @torch.inference_mode()
 def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[SpanGrammar], num_beams: int,
                 budgets: Sequence[int], length_penalty: float = 1.0, early_stopping: bool = False,
-                pad_id: int = 0) -> list[list[int]]:
+                pad_id: int = 0, repetition_penalty: float = 1.0,
+                min_new_tokens: Sequence[int] | None = None) -> list[list[int]]:
     """The best hypothesis of a beam search for each prompt.
 
     Args:
@@ -39,6 +40,10 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
         length_penalty: Exponent of the length that divides a finished hypothesis's log-probability.
         early_stopping: Stop a row as soon as it has ``num_beams`` finished hypotheses.
         pad_id: Left padding of the prompts.
+        repetition_penalty: Each token already in a beam (its prompt, not the padding, and what it generated)
+            has its log-probability multiplied by this, as transformers' ``RepetitionPenaltyLogitsProcessor``
+            does in its beam search (1.0: off).
+        min_new_tokens: Per prompt, the stop tokens are blocked before this many tokens (None: never).
 
     Returns:
         The generated ids of each prompt's best hypothesis.
@@ -63,13 +68,24 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
     finished: list[list[list[int]]] = [[[] for _ in range(beams)] for _ in range(batch)]
     improvable = torch.ones(batch, dtype=torch.bool, device=device)
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    step_ids, cache, length = input_ids, None, 0
+    step_ids, cache, length, sequences = input_ids, None, 0, input_ids
+    least = torch.tensor(list(min_new_tokens or [0] * batch), device=device).repeat_interleave(beams)
+    stop_ids = torch.tensor(sorted({t for g in grammars for t in g.stop_ids}), dtype=torch.long, device=device)
     while True:
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True,
                     **{cache_arg: cache})
         cache = getattr(out, cache_arg)
         log_probs = out.logits[:, -1, :].float().log_softmax(-1)
         vocab = log_probs.shape[-1]
+        if repetition_penalty != 1.0:  # padding points at an extra column, which is dropped
+            ids = sequences.masked_fill(mask == 0, vocab)
+            scores = torch.cat([log_probs, log_probs.new_zeros(len(log_probs), 1)], dim=1)
+            seen = scores.gather(1, ids)
+            seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+            log_probs = scores.scatter(1, ids, seen)[:, :vocab]
+        if len(stop_ids) and bool((length < least).any()):
+            is_stop = torch.zeros(vocab, dtype=torch.bool, device=device).index_fill_(0, stop_ids, True)
+            log_probs = log_probs.masked_fill((length < least)[:, None] & is_stop, float("-inf"))
         allowed = _grammar_mask([g for row in states for g in row], vocab, device)
         if allowed is not None:
             log_probs = log_probs.masked_fill(~allowed, float("-inf"))
@@ -110,6 +126,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
         rows = (torch.arange(batch, device=device)[:, None] * beams + chosen_source).reshape(-1)
         cache.reorder_cache(rows)
         step_ids = chosen_token.reshape(-1, 1)
+        sequences = torch.cat([sequences[rows], step_ids], dim=1)
         mask = torch.cat([mask[rows], torch.ones_like(step_ids)], dim=1)
         position = position[rows, -1:] + 1
     return [finished[b][0] for b in range(batch)]

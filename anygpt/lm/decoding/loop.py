@@ -138,24 +138,27 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
 
 
 def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast) -> list[list[int]]:
-    """Rows with ``num_beams`` > 1 by beam search (one search per beam count and length penalty), the rest as
-    ``generate`` decodes them."""
+    """Rows with ``num_beams`` > 1 by beam search (one search per beam count, length and repetition penalty), the
+    rest as ``generate`` decodes them."""
     from anygpt import AnyGPTError
     from anygpt.lm.decoding.beam import beam_search
 
     if any(p.num_beams > 1 and not isinstance(g, SpanGrammar) for p, g in zip(presets, grammars)):
         raise AnyGPTError("num_beams > 1: beam search decodes request targets, not chat replies")
     outputs: list[list[int]] = [[] for _ in prompts]
-    groups: dict[tuple[int, float], list[int]] = {}
+    groups: dict[tuple[int, float, float], list[int]] = {}
     for i, p in enumerate(presets):
-        groups.setdefault((p.num_beams, p.length_penalty) if p.num_beams > 1 else (1, 0.0), []).append(i)
-    for (beams, penalty), rows in groups.items():
+        key = (p.num_beams, p.length_penalty, p.repetition_penalty) if p.num_beams > 1 else (1, 0.0, 1.0)
+        groups.setdefault(key, []).append(i)
+    for (beams, penalty, repetition), rows in groups.items():
         pick = lambda items: [items[i] for i in rows]  # noqa: E731
         if beams == 1:
             found = generate(model, pick(prompts), pick(presets), pick(grammars), pick(seeds), pad_id, fast)
         else:
             found = beam_search(model, pick(prompts), pick(grammars), beams,
-                                [presets[i].max_new_tokens for i in rows], penalty, pad_id=pad_id)
+                                [presets[i].max_new_tokens for i in rows], penalty, pad_id=pad_id,
+                                repetition_penalty=repetition,
+                                min_new_tokens=[presets[i].min_new_tokens for i in rows])
             for i, ids in zip(rows, found):  # the caller's grammars end as the best hypothesis left them
                 for token in ids:
                     grammars[i].step(token)

@@ -22,7 +22,9 @@ class GenerationPreset:
         decoder_steps: Passes of the target codec's second-stage decoder where it has one (SoundStorm's MaskGIT
             steps on RVQ layer 2; AnyGPT ran 3).
         num_beams: Beams of a beam search (``anygpt.lm.decoding.beam``, transformers' semantics; the paper decoded
-            text targets with 5); needs ``do_sample: false``. 1: no search.
+            text targets with 5); needs ``do_sample: false``. 1: no search. The search honours
+            ``repetition_penalty`` and ``min_new_tokens`` as transformers' does; temperature, top-k and top-p shape
+            sampling only, so greedy and beam search leave them aside.
         length_penalty: Exponent of the length that divides a finished beam's log-probability.
     """
 

@@ -112,3 +112,16 @@ def test_generate_searches_the_rows_whose_preset_has_beams():
         GenerationPreset(num_beams=5)
     with pytest.raises(AnyGPTError, match="num_beams must be"):
         GenerationPreset(do_sample=False, num_beams=0)
+
+
+def test_repetition_penalty_and_min_new_tokens_as_transformers_apply_them():
+    """Both shape every beam's next-token scores as transformers' beam search shapes them (the penalty over the
+    prompt and what each beam said, the stop token blocked for the first tokens); and they do change the result."""
+    model = tiny(1, 1.0)
+    cases = [({"repetition_penalty": 1.5}, {"repetition_penalty": 1.5}),
+             ({"repetition_penalty": 0.7}, {"repetition_penalty": 0.7}),
+             ({"min_new_tokens": 13}, {"min_new_tokens": [13] * len(PROMPTS)})]  # ours: one per prompt
+    for kwargs, per_prompt in cases:
+        got = ours(model, PROMPTS, 4, 16, **per_prompt)
+        assert got == reference(model, PROMPTS, 4, 16, **kwargs), kwargs
+        assert got != ours(model, PROMPTS, 4, 16), kwargs
