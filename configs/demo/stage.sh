@@ -64,7 +64,8 @@
 #   part2_lease   what part 2 still needs, in one GPU lease of DEMO_LEASE_MINUTES (default 25) from the stage's
 #                 start: part2_data where the LM's inputs are missing (data/demo_lm_inputs.txz unpacked first where
 #                 there is one), then part2_lm for the minutes left less 2 (its export and shipping), its cosine
-#                 fitted to them (DEMO_LM_STEPS_PER_MINUTE, default 750); beside them image_decoder_refine. With OUT:
+#                 fitted to them (DEMO_LM_STEPS_PER_MINUTE, default 1100: 7000 steps took 6.1 min beside
+#                 image_decoder_refine on one H200); beside them image_decoder_refine. With OUT:
 #                 OUT/lm/weights.tar and OUT/dec/weights.tar; logs in runs/demo/{lease,refine}.log
 # A split whose finished shards already hold every line of its manifest is not tokenized again (whatever their size).
 # With OUT, part2_image, image_decoder_refine and part2_lm also write OUT/weights.tar (the shipped folders).
@@ -284,7 +285,7 @@ case "$stage" in
       lm_data
       left=$(python3 -c "import time
 print(round(max(3.0, ${DEMO_LEASE_MINUTES:-25} - 2 - (time.time() - $started) / 60), 2))")
-      steps=$(python3 -c "print(int($left * ${DEMO_LM_STEPS_PER_MINUTE:-750}))")
+      steps=$(python3 -c "print(int($left * ${DEMO_LM_STEPS_PER_MINUTE:-1100}))")
       echo "part2_lease: the LM gets $left minutes, a cosine over $steps steps"
       DEMO_MINUTES=$left DEMO_FIT_ARGS="${DEMO_FIT_ARGS:-} --model.lr_scheduler.init_args.total_steps $steps \
         --trainer.max_steps $steps" bash "$0" part2_lm ${out:+"$out/lm"}
