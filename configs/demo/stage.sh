@@ -66,7 +66,9 @@
 #                 there is one), then part2_lm for the minutes left less 2 (its export and shipping), its cosine
 #                 fitted to them (DEMO_LM_STEPS_PER_MINUTE, default 1100: 7000 steps took 6.1 min beside
 #                 image_decoder_refine on one H200); beside them image_decoder_refine. With OUT:
-#                 OUT/lm/weights.tar and OUT/dec/weights.tar; logs in runs/demo/{lease,refine}.log
+#                 OUT/lm/weights.tar and OUT/dec/weights.tar; logs in runs/demo/{lease,refine}.log.
+#                 DEMO_LM_ARGS adds arguments to the LM's fit alone: `--model.backbone anygpt/demo/weights/lm`
+#                 trains the shipped LM on (its int8 weights, dequantized) instead of a fresh one
 # A split whose finished shards already hold every line of its manifest is not tokenized again (whatever their size).
 # With OUT, part2_image, image_decoder_refine and part2_lm also write OUT/weights.tar (the shipped folders).
 # Each stage needs the files of the stages before it: after speech_codec, `python -m anygpt.demo.ship --parts
@@ -224,7 +226,8 @@ case "$stage" in
     [ -z "$out" ] || tar -cf "$out/shards.tar" data/demo/shards ;;
   lm)
     [ -d runs/demo/tokenizer ] || python -m anygpt.demo.text_tokenizer runs/demo/tokenizer --seed "$seed"
-    voice_records; chat; fit configs/demo/lm.yaml lm; pack lm ;;
+    # shellcheck disable=SC2086  # DEMO_LM_ARGS: extra arguments of the LM's fit alone, split on spaces
+    voice_records; chat; fit configs/demo/lm.yaml lm ${DEMO_LM_ARGS:-}; pack lm ;;
   music_codec) melodies; fit configs/demo/music_codec.yaml music_codec; pack music_codec ;;
   image_vae) scenes; fit configs/demo/image_vae.yaml image_vae; pack image_vae ;;
   image_teacher) scenes; fit configs/demo/image_teacher.yaml image_teacher; pack image_teacher ;;
