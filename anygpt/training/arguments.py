@@ -1,5 +1,5 @@
 """What the trainers share about their arguments: key checks of the nested dicts that configs pass on, whether
-LightningCLI builds the module, and the warm-up + cosine scheduler entry."""
+LightningCLI builds the module, the warm-up + cosine scheduler entry, and the check of an image batch."""
 
 from __future__ import annotations
 
@@ -49,3 +49,12 @@ def from_cli() -> bool:
     except ImportError:  # a Lightning without it: treat as built in Python
         return False
     return _given_hyperparameters.get() is not None
+
+
+def check_images(images) -> None:
+    """Raises ``AnyGPTError`` unless ``images`` is a float ``[B, 3, H, W]`` tensor."""
+    from torch import Tensor
+
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise AnyGPTError(f"images must be a float [batch, 3, height, width] tensor in [0, 1], got {shape}")

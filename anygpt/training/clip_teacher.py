@@ -21,8 +21,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from anygpt import AnyGPTError
-from anygpt.training.arguments import check_keys, warmup_schedule
-from anygpt.training.image_embedders import CLIP_MEAN, CLIP_STD, check_images
+from anygpt.training.arguments import check_images, check_keys, warmup_schedule
+from anygpt.training.image_embedders import CLIP_MEAN, CLIP_STD
 
 PAD, BOS = 0, 1  # EOS is the highest id (vocab_size + 2): CLIP's text tower pools there
 

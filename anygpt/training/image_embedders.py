@@ -17,18 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anygpt import AnyGPTError
+from anygpt.training.arguments import check_images
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # what a CLIP image encoder needs from a full Stable unCLIP repo: not the UNet, VAE or text encoder
 SKIPPED_FILES = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "*.fp16.*", "*.ckpt"]
-
-
-def check_images(images: Tensor) -> None:
-    """Raises ``AnyGPTError`` unless ``images`` is a float ``[B, 3, H, W]`` tensor."""
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise AnyGPTError(f"images must be a float [batch, 3, height, width] tensor in [0, 1], got {shape}")
 
 
 class _Frozen(nn.Module):
@@ -95,20 +89,18 @@ class LatentEmbedder(_Frozen):
     unCLIP UNet sees them.
 
     Args:
-        vae: A diffusers ``AutoencoderKL`` folder (``VAETrainer.export``'s).
+        vae: A VAE as ``unclip_vae.load_vae`` reads it: a ``VAETrainer`` checkpoint, its export, a pipeline
+            folder or repo id.
         pool: Average-pooling window over the latent grid (1: the whole grid).
     """
 
     def __init__(self, vae: str, pool: int = 1):
         super().__init__()
-        from diffusers import AutoencoderKL
+        from anygpt.training.unclip_vae import load_vae
 
         if pool < 1:
             raise AnyGPTError(f"LatentEmbedder: pool must be >= 1, got {pool}")
-        try:
-            self.vae = AutoencoderKL.from_pretrained(vae).eval().requires_grad_(False)
-        except (OSError, ValueError) as err:
-            raise AnyGPTError(f"{vae}: not a diffusers AutoencoderKL folder ({str(err).splitlines()[0]})") from None
+        self.vae = load_vae(vae).eval().requires_grad_(False)  # a decoder-only VAE cannot encode: one line
         self.pool = pool
 
     @torch.no_grad()

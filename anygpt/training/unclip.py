@@ -39,8 +39,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from anygpt import AnyGPTError
 from anygpt.decoders.unclip import SOURCE, UnCLIPDecoder
 from anygpt.messages import one_line
-from anygpt.training.image_embedders import check_images, embeddings_of
-from anygpt.training.arguments import check_keys, from_cli, warmup_schedule
+from anygpt.training.arguments import check_images, check_keys, from_cli, warmup_schedule
+from anygpt.training.image_embedders import embeddings_of
 from anygpt.training.unclip_parts import assemble
 from anygpt.training.unclip_vae import VAETrainer
 

@@ -26,8 +26,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from anygpt import AnyGPTError
-from anygpt.training.arguments import check_keys, warmup_schedule
-from anygpt.training.image_embedders import check_images
+from anygpt.training.arguments import check_images, check_keys, warmup_schedule
 
 
 # what a VAE needs from a full Stable unCLIP repo

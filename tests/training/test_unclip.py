@@ -329,8 +329,10 @@ def test_latent_embedder_is_the_vae_posterior_mean_grid(data, tmp_path):
     torch.testing.assert_close(pooled(images), quarter, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(whole(images)[0], whole(images)[1])  # different pictures, different teachers
     assert not any(p.requires_grad for p in whole.parameters())
-    with pytest.raises(AnyGPTError, match="not a diffusers AutoencoderKL folder"):
+    with pytest.raises(AnyGPTError, match="no such file or folder"):
         LatentEmbedder(str(tmp_path / "nothing"))
+    with pytest.raises(AnyGPTError, match="without its encoder .* cannot encode pictures"):
+        LatentEmbedder(str(ROOT / "anygpt/demo/weights/image_codec/decoder/vae"))  # the demo ships it decoder-only
     with pytest.raises(AnyGPTError, match="pool must be"):
         LatentEmbedder(str(tmp_path / "vae"), pool=0)
 
