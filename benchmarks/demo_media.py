@@ -27,7 +27,7 @@ import soundfile
 import torch
 from timing import write_json
 
-from anygpt.demo.verdicts import melody_right, melody_words, scene_right, scene_words
+from anygpt.demo.verdicts import melody_right, melody_words, names_all, scene_right, scene_words
 
 
 def share(flags: list[bool]) -> float | None:
@@ -35,7 +35,6 @@ def share(flags: list[bool]) -> float | None:
 
 
 def image_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
-    from anygpt.demo.conversations import names_all
     from anygpt.demo.heldout import picture
 
     paths = []
@@ -65,7 +64,6 @@ def image_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
 
 
 def music_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
-    from anygpt.demo.conversations import names_all
     from anygpt.demo.heldout import play
 
     paths = []
@@ -96,7 +94,7 @@ def music_part(demo, lines: list[dict], folder: Path, seed: int) -> dict:
 
 
 def chat_part(demo, records: list[dict], folder: Path, seed: int) -> dict:
-    from anygpt.demo.conversations import materialize, names_all
+    from anygpt.demo.conversations import materialize
 
     lines = [materialize(record, folder) for record in records]
     started = time.perf_counter()

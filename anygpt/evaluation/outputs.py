@@ -102,15 +102,16 @@ def _pictures(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: l
             continue
         path = folder / f"{sample.index:05d}.png"
         answer["media"].save(path)
+        written = Image.open(path).convert("RGB")  # what is scored is the file, as written
         extra = {"output": str(path)}
         if "judged" in protocol.metrics:
             from anygpt.demo.verdicts import scene_right
 
-            extra["judged"] = float(scene_right(Image.open(path).convert("RGB"), sample.source["attributes"]))
+            extra["judged"] = float(scene_right(written, sample.source["attributes"]))
         if clip is None:
             results.append(("", extra))
             continue
-        drawn = clip.image(Image.open(path))
+        drawn = clip.image(written)
         if "clip_t" in protocol.metrics:
             extra["clip_t"] = float(drawn @ clip.text(sample.reference))
         if "clip_i" in protocol.metrics and sample.input_path is not None:
@@ -132,13 +133,13 @@ def _music(protocol: EvalProtocol, out: Path, batch: list[Sample], answers: list
             folder = out / "outputs"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{sample.index:05d}.wav"
-            wave = answer["media"].reshape(-1).float().numpy()
-            soundfile.write(path, wave, answer.get("sample_rate", 32000))
+            wave, rate = answer["media"].reshape(-1).float().numpy(), answer.get("sample_rate", 32000)
+            soundfile.write(path, wave, rate)
             extra = {"output": str(path)}
             if {"judged", "tempo", "key"} & set(protocol.metrics):
                 from anygpt.demo.verdicts import melody_right
 
-                verdict = melody_right(wave, sample.source["attributes"], answer.get("sample_rate", 32000))
+                verdict = melody_right(wave, sample.source["attributes"], rate)
                 extra |= {name: float(verdict["both" if name == "judged" else name])
                           for name in ("judged", "tempo", "key") if name in protocol.metrics}
             if clap is not None:
