@@ -37,10 +37,10 @@ def _check_specs(specs: list[dict], where: str) -> list[dict]:
     checked = []
     for i, spec in enumerate(specs):
         spec = dict(spec)
-        unknown = set(spec) - {"files", "weight", "to_text_prob", "name", "code_noise"}
+        unknown = set(spec) - {"files", "weight", "to_text_prob", "name", "code_noise", "text_dropout"}
         if unknown:
             raise AnyGPTError(f"{where}[{i}]: unknown fields {sorted(unknown)} "
-                              "(files, weight, to_text_prob, name, code_noise)")
+                              "(files, weight, to_text_prob, name, code_noise, text_dropout)")
         if not spec.get("files"):
             raise AnyGPTError(f"{where}[{i}]: give its JSONL `files`")
         spec["files"] = expand_folders(list(spec["files"]))
@@ -48,9 +48,11 @@ def _check_specs(specs: list[dict], where: str) -> list[dict]:
         spec.setdefault("to_text_prob", 0.5)
         spec.setdefault("name", f"{where}{i}")
         spec.setdefault("code_noise", 0.0)
-        if spec["weight"] <= 0 or not 0 <= spec["to_text_prob"] <= 1 or not 0 <= spec["code_noise"] < 1:
-            raise AnyGPTError(f"{where}[{i}]: weight must be > 0, to_text_prob in [0, 1] and code_noise in [0, 1), "
-                              f"got {spec}")
+        spec.setdefault("text_dropout", 0.0)
+        if spec["weight"] <= 0 or not 0 <= spec["to_text_prob"] <= 1 or not 0 <= spec["code_noise"] < 1 \
+                or not 0 <= spec["text_dropout"] < 1:
+            raise AnyGPTError(f"{where}[{i}]: weight must be > 0, to_text_prob in [0, 1], code_noise and "
+                              f"text_dropout in [0, 1), got {spec}")
         checked.append(spec)
     return checked
 
@@ -69,8 +71,11 @@ class PretrainDataModule(ResumableData, LightningDataModule):
         datasets: Training datasets: ``{files: [...], weight: 1.0, to_text_prob: 0.5, name: ..., code_noise: 0.0}``
             each; files are AnyGPT JSONL or binary token shards (any of a shard's files or its ``NAME``), or folders
             of them. ``code_noise``: share of a to-text example's input codes replaced by random ones, drawn once per
-            record with its direction (``UnifiedLM.build_example``). A conversation record is one example in the chat
-            template (``to_text_prob`` and ``code_noise`` do not apply), its task ``chat``.
+            record with its direction (``UnifiedLM.build_example``). ``text_dropout``: share of from-text examples
+            whose text is left out (an empty input), drawn once per record: what classifier-free guidance
+            (``GenerationPreset.guidance_scale``) contrasts the text with. A conversation record is one example in
+            the chat template (``to_text_prob``, ``code_noise`` and ``text_dropout`` do not apply), its task
+            ``chat``.
         val_datasets: Validation datasets, same fields (weight unused).
         block_size: Tokens per block; a longer sequence is cut to it (and then has no ``</s>``).
         batch_size: Blocks per batch and process (global batch: x processes; a resumed fit keeps the checkpoint's
@@ -105,7 +110,7 @@ class PretrainDataModule(ResumableData, LightningDataModule):
                 ids, labels = conversation_example(model.tokenizer, record, eos_id, answer_start, self.block_size)
                 return ids, labels, "chat"
             return model.build_example(record, rng, max_length=self.block_size, to_text_prob=spec["to_text_prob"],
-                                       code_noise=spec["code_noise"])
+                                       code_noise=spec["code_noise"], text_dropout=spec["text_dropout"])
 
         return read_examples(files, build, self.seed)
 
@@ -151,9 +156,9 @@ class PretrainDataModule(ResumableData, LightningDataModule):
 
     def stream_settings(self) -> dict:
         """What shapes the training stream besides its files, as a resumed fit must find it again (``code_noise``
-        only where it is used, so checkpoints from before it resume)."""
+        and ``text_dropout`` only where they are used, so checkpoints from before them resume)."""
         keys = ("name", "weight", "to_text_prob")
-        datasets = [{**{k: spec[k] for k in keys}, **({"code_noise": spec["code_noise"]} if spec["code_noise"] else {})}
+        datasets = [{**{k: spec[k] for k in keys}, **{k: spec[k] for k in ("code_noise", "text_dropout") if spec[k]}}
                     for spec in self.specs]
         return {"seed": self.seed, "block_size": self.block_size, "examples_per_epoch": self.examples_per_epoch,
                 "datasets": datasets}

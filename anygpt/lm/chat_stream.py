@@ -183,9 +183,9 @@ def stream_request(model, request, chunk: int = 25, context: int = 50, lookahead
                 "target": request.target, "content": request.content, "status": "ok"}
     if request.voice_prompt:
         response["voice_prompt"] = request.voice_prompt
-    prompt, preset, grammar, options = model._prepare(request, response)
+    prompt, preset, grammar, options, unconditional = model._prepare(request, response)
     events = ReplyEvents(model, request.seed, None, chunk, context, lookahead, options=options)
     generated = yield from events.follow(generate_stream(model.backbone, [prompt], [preset], [grammar], [request.seed],
-                                                         pad_id=model.tokenizer.pad_id))
+                                                         pad_id=model.tokenizer.pad_id, unconditional=[unconditional]))
     model._finish(request, response, generated, options, events.decoded)  # the span decoded once
     yield {"type": "done", "response": response}

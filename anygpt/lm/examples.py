@@ -32,9 +32,11 @@ def record_span(model: Any, value: Any, modality: str, field: str) -> list[int]:
 
 
 def pretrain_example(model: Any, record: dict, rng: random.Random, max_length: int = 4096,
-                     to_text_prob: float = 0.5, code_noise: float = 0.0) -> tuple[list[int], str]:
+                     to_text_prob: float = 0.5, code_noise: float = 0.0,
+                     text_dropout: float = 0.0) -> tuple[list[int], str]:
     """``UnifiedLM.build_example``: the ids of one record's example and its task name (``music_to_text``,
-    ``text_to_music``, ``text_to_speech_with_voice``). The direction, instruction and noise come from ``rng``."""
+    ``text_to_music``, ``text_to_speech_with_voice``). The direction, instruction, noise and text dropout come from
+    ``rng``."""
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
         raise AnyGPTError("record has no text")
@@ -49,6 +51,8 @@ def pretrain_example(model: Any, record: dict, rng: random.Random, max_length: i
     instruction = model.instructions.choose(direction, modality, rng)
     if direction == "to_text" and code_noise > 0:
         span = noisy_span(model.codecs[modality], model.layout.ranges[modality], span, code_noise, rng)
+    if direction == "from_text" and text_dropout > 0 and rng.random() < text_dropout:
+        text = ""
     voice = None
     if direction == "from_text" and record.get("voice_prompt") is not None:
         voice = record_span(model, record["voice_prompt"], modality, "voice_prompt")

@@ -219,12 +219,13 @@ class UnifiedLM(FitHooks, LightningModule):
         if jobs:
             try:
                 outputs = generate(self.backbone, [j[2] for j in jobs], [j[3] for j in jobs],
-                                   [j[4] for j in jobs], [j[0].seed for j in jobs], pad_id=self.tokenizer.pad_id)
+                                   [j[4] for j in jobs], [j[0].seed for j in jobs], pad_id=self.tokenizer.pad_id,
+                                   unconditional=[j[6] for j in jobs])
             except Exception as err:  # noqa: BLE001
                 for request, response, *_ in jobs:
                     _fail(response, request, err)
                 return responses
-            for (request, response, prompt, preset, grammar, options), generated in zip(jobs, outputs):
+            for (request, response, prompt, preset, grammar, options, _), generated in zip(jobs, outputs):
                 try:
                     self._finish(request, response, generated, options)
                 except Exception as err:  # noqa: BLE001
@@ -275,7 +276,10 @@ class UnifiedLM(FitHooks, LightningModule):
             request = parse_line(request, index) if isinstance(request, str) else parse_record(request, index)
         return stream_request(self, request)
 
-    def _prepare(self, request: Request, response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar, dict]:
+    def _prepare(self, request: Request,
+                 response: dict) -> tuple[list[int], GenerationPreset, SpanGrammar, dict, list[int] | None]:
+        """The prompt, preset, grammar and decode options of a request, and the prompt without its text that
+        classifier-free guidance contrasts it with (None where the target's preset is not guided)."""
         known = ["text", *self.codecs]
         for side in (request.source, request.target):
             if side not in known:
@@ -291,8 +295,11 @@ class UnifiedLM(FitHooks, LightningModule):
         preset = self.presets.get(request.target, GenerationPreset())
         options = self._decode_options(request, preset)
         voice = self._voice_span(request.target, options) if self.voice_in_prompt else None
+        unconditional = None
         if request.source == "text":
             prompt = base_prompt_ids(self.tokenizer, instruction, text=request.content, voice_ids=voice)
+            if preset.guidance_scale != 1:
+                unconditional = base_prompt_ids(self.tokenizer, instruction, text="", voice_ids=voice)
         else:
             span = self.layout.ranges[modality].span(self.codecs[modality].encode([request.content])[0])
             prompt = base_prompt_ids(self.tokenizer, instruction, span_ids=span)
@@ -308,7 +315,7 @@ class UnifiedLM(FitHooks, LightningModule):
                               lead_in_ids=[space] if space is not None else [], enforce=self.grammar,
                               min_new_tokens=preset.min_new_tokens, text_ranges=[(0, self.layout.base_size)])
         response.update(seed=request.seed, instruction=instruction, prompt_tokens=len(prompt))
-        return prompt, preset, grammar, options
+        return prompt, preset, grammar, options, unconditional
 
     def _voice_span(self, target: str, options: dict) -> list[int] | None:
         """LM ids of the voice prompt's level-1 codes (tags included), from the prompt ``_decode_options``
@@ -384,16 +391,19 @@ class UnifiedLM(FitHooks, LightningModule):
     # ----------------------------------------------------------------- training
 
     def build_example(self, record: dict, rng: random.Random, max_length: int = 4096,
-                      to_text_prob: float = 0.5, code_noise: float = 0.0) -> tuple[list[int], str]:
+                      to_text_prob: float = 0.5, code_noise: float = 0.0,
+                      text_dropout: float = 0.0) -> tuple[list[int], str]:
         """One training sequence from an AnyGPT-format record ``{"text": ..., "<modality>": "<so..>...<eo..>"}``.
 
         ``code_noise``: in a to-text example, the chance that each input code is replaced by a random code that its
         position allows (an augmentation: recognition that tolerates imperfect codes, such as those of synthesized
-        speech). A ``voice_prompt`` span (another clip of the same speaker) joins the prompt of a from-text example
+        speech). ``text_dropout``: the chance that a from-text example's text is left out (``This is input: <eoh>``),
+        so that the model also learns the unconditional distribution that classifier-free guidance needs. A
+        ``voice_prompt`` span (another clip of the same speaker) joins the prompt of a from-text example
         (``base_prompt_ids``' ``voice_ids``). Returns the token ids and the task name (``music_to_text``,
         ``text_to_music``, or ``text_to_speech_with_voice``); see ``anygpt.lm.examples``.
         """
-        return pretrain_example(self, record, rng, max_length, to_text_prob, code_noise)
+        return pretrain_example(self, record, rng, max_length, to_text_prob, code_noise, text_dropout)
 
 
 def _cli_hparams() -> dict | None:

@@ -137,6 +137,9 @@ def test_code_noise_is_part_of_the_stream_a_resume_checks():
         with pytest.raises(AnyGPTError, match="data setting datasets was"):
             StreamState([], settings(**now)).load_state_dict(state)
     StreamState([], settings(code_noise=0.1)).load_state_dict(StreamState([], settings(code_noise=0.1)).state_dict())
+    assert settings(text_dropout=0.1)["datasets"][0]["text_dropout"] == 0.1
+    with pytest.raises(AnyGPTError, match="text_dropout in"):
+        settings(text_dropout=1.0)
 
 
 def test_sft_labels_cover_exactly_the_assistant_answers(model):

@@ -211,6 +211,41 @@ def test_code_noise_replaces_a_share_of_the_input_codes_within_their_codebooks(m
     assert task == "text_to_music" and music.from_lm(spoken[spoken.index(music.bos) + 1:][:len(codes)]).tolist() == codes
 
 
+def test_text_dropout_leaves_out_the_text_of_a_share_of_from_text_examples(model):
+    music = model.layout.ranges["music"]
+    record = {"text": "A calm song", "music": "<somu>" + "".join(f"<🎶{2048 * (i % 4)}>" for i in range(8)) + "<eomu>"}
+    texts = []
+    for seed in range(200):
+        ids, task = model.build_example(record, random.Random(seed), to_text_prob=0.0, text_dropout=0.3)
+        assert task == "text_to_music"
+        texts.append(model.tokenizer.decode(ids[:ids.index(music.bos)]))
+    dropped = [t for t in texts if "calm" not in t]
+    assert 0.2 < len(dropped) / len(texts) < 0.4
+    assert all("".join(t.split()).endswith("Thisisinput:<eoh>[MMGPT]:") for t in dropped), dropped[:2]
+    for seed in range(20):  # to-text examples keep their caption as the answer
+        ids, _ = model.build_example(record, random.Random(seed), to_text_prob=1.0, text_dropout=0.9)
+        assert "calm" in model.tokenizer.decode(ids)
+    kept, _ = model.build_example(record, random.Random(3), to_text_prob=0.0)
+    assert kept == model.build_example(record, random.Random(3), to_text_prob=0.0, text_dropout=0.0)[0]
+
+
+def test_a_guided_request_decodes_beside_its_prompt_without_text(music_codec, monkeypatch):
+    import anygpt.lm.unified as unified
+
+    guided = {**SMALL, "music": {"max_new_tokens": 24, "guidance_scale": 3.0}}
+    model = UnifiedLM(backbone=BACKBONE, tokenizer="tiny", codecs={"music": music_codec}, generation=guided)
+    seen = {}
+    real = unified.generate
+    monkeypatch.setattr(unified, "generate", lambda *a, **k: seen.update(args=a, kwargs=k) or real(*a, **k))
+    out = model.predict_step([parse_line("text|music|a calm song", 0), parse_line("music|text|" + "x.wav", 1)])
+    assert out[0]["status"] == "ok"
+    [prompt], [unconditional] = seen["args"][1], seen["kwargs"]["unconditional"]
+    words = "".join(model.tokenizer.decode(unconditional).split())
+    assert "calm" in model.tokenizer.decode(prompt) and "calm" not in words
+    assert words.endswith("Thisisinput:<eoh>[MMGPT]:")
+    assert words.replace("Thisisinput:<eoh>[MMGPT]:", "") in "".join(model.tokenizer.decode(prompt).split())
+
+
 def test_without_the_grammar_decode_reports_broken_spans(music_codec, monkeypatch):
     import anygpt.lm.unified as unified
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from anygpt import AnyGPTError
 from anygpt.lm.decoding.batching import left_padded
 from anygpt.lm.decoding.grammar import SpanGrammar, _grammar_mask
 from anygpt.lm.decoding.presets import GenerationPreset
@@ -43,7 +44,7 @@ def _filter_logits(logits: torch.Tensor, history: torch.Tensor, presets: Sequenc
 
 def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
              grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
-             fast: bool | None = None) -> list[list[int]]:
+             fast: bool | None = None, unconditional: Sequence[Sequence[int] | None] | None = None) -> list[list[int]]:
     """Generate for a batch of prompts, each row with its own preset, grammar and seed.
 
     On CUDA a LLaMA backbone with span or chat reply grammars runs ``anygpt.lm.decoding.fast.fast_generate``
@@ -59,12 +60,15 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
         seeds: Seed of each row's random generator.
         pad_id: Id used for left padding and for rows that have finished.
         fast: Force the fast path on (any device) or off; None: on where it applies on CUDA.
+        unconditional: Per row, the prompt without its text that classifier-free guidance contrasts it with (a
+            row whose preset has ``guidance_scale`` 1, or None here, is not guided). Guided rows run the plain loop.
 
     Returns:
         The generated ids of each row, stop or end token included when one was generated.
     """
     outputs: list[list[int]] = [[] for _ in prompts]
-    for new in generate_stream(model, prompts, presets, grammars, seeds, pad_id, fast, stream=False):
+    for new in generate_stream(model, prompts, presets, grammars, seeds, pad_id, fast, stream=False,
+                               unconditional=unconditional):
         for row, ids in zip(outputs, new):
             row.extend(ids)
     return outputs
@@ -72,12 +76,16 @@ def generate(model, prompts: Sequence[Sequence[int]], presets: Sequence[Generati
 
 def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[GenerationPreset],
                     grammars: Sequence[SpanGrammar], seeds: Sequence[int], pad_id: int = 0,
-                    fast: bool | None = None, stream: bool = True) -> Iterator[list[list[int]]]:
+                    fast: bool | None = None, stream: bool = True,
+                    unconditional: Sequence[Sequence[int] | None] | None = None) -> Iterator[list[list[int]]]:
     """``generate`` as it goes: yields, per row, the ids generated since the last yield (every step on the plain
     loop, every 8 steps on the fast path); joined, they are exactly ``generate``'s result for the same arguments.
     ``stream=False`` yields once, at the end; so do rows that search with beams (``num_beams`` > 1)."""
+    guided = _guided_rows(presets, unconditional)
     if any(p.num_beams > 1 for p in presets):
         return iter([_with_beams(model, prompts, presets, grammars, seeds, pad_id, fast)])
+    if guided:
+        return _plain(model, prompts, presets, grammars, seeds, pad_id, stream, guided)
     device = next(model.parameters()).device
     if fast or (fast is None and device.type == "cuda"):
         steps = _fast(model, prompts, presets, grammars, seeds, pad_id, stream)
@@ -86,9 +94,37 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[G
     return _plain(model, prompts, presets, grammars, seeds, pad_id, stream)
 
 
+def _guided_rows(presets: Sequence[GenerationPreset],
+                 unconditional: Sequence[Sequence[int] | None] | None) -> dict[int, list[int]]:
+    """``{row: unconditional prompt}`` of the rows that classifier-free guidance steers."""
+    if unconditional is None:
+        return {}
+    if len(unconditional) != len(presets):
+        raise AnyGPTError(f"unconditional holds {len(unconditional)} prompts for {len(presets)} rows")
+    return {i: list(u) for i, (p, u) in enumerate(zip(presets, unconditional))
+            if u is not None and p.guidance_scale != 1}
+
+
+def _guide(logits: torch.Tensor, guided: dict[int, list[int]], presets: Sequence[GenerationPreset]) -> torch.Tensor:
+    """The first rows' log-probabilities, each guided row moved away from its unconditional twin (the rows after
+    the first ``len(presets)``, in ``guided``'s order): ``u + scale * (c - u)``."""
+    rows = len(presets)
+    if not guided:
+        return logits
+    logp = logits.log_softmax(dim=-1)
+    out = logits[:rows].clone()
+    for twin, row in enumerate(guided, start=rows):
+        out[row] = logp[twin] + presets[row].guidance_scale * (logp[row] - logp[twin])
+    return out
+
+
 @torch.inference_mode()
-def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator[list[list[int]]]:
+def _plain(model, prompts, presets, grammars, seeds, pad_id, stream, guided=None) -> Iterator[list[list[int]]]:
     device = next(model.parameters()).device
+    guided = guided or {}
+    rows = len(prompts)
+    twins = list(guided)  # the unconditional prompts ride as extra rows that repeat their row's tokens
+    prompts = [*prompts, *guided.values()]
     batch = len(prompts)
     input_ids, mask = left_padded(prompts, pad_id)
     width = input_ids.shape[1]
@@ -98,8 +134,8 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
     input_ids, mask, history = input_ids.to(device), mask.to(device), history.to(device)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     budgets = [p.max_new_tokens for p in presets]
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    sent = [0] * batch
+    outputs: list[list[int]] = [[] for _ in range(rows)]
+    sent = [0] * rows
     position = (mask.cumsum(1) - 1).clamp(min=0)
     step_ids, cache = input_ids, None
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -107,13 +143,13 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True,
                     **{cache_arg: cache})
         cache = getattr(out, cache_arg)
-        logits = out.logits[:, -1, :].float()
+        logits = _guide(out.logits[:, -1, :].float(), guided, presets)
         allowed = _grammar_mask(grammars, logits.shape[1], device)
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
         current = [getattr(g, "preset", None) or p for g, p in zip(grammars, presets)]
-        logits = _filter_logits(logits, history, current)
-        next_ids = torch.empty(batch, dtype=torch.long, device=device)
+        logits = _filter_logits(logits, history[:rows], current)
+        next_ids = torch.empty(rows, dtype=torch.long, device=device)
         for i, preset in enumerate(current):
             if preset.do_sample:
                 next_ids[i] = torch.multinomial(logits[i].softmax(-1), 1, generator=generators[i])[0]
@@ -129,7 +165,8 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
         if stream:
             yield [row[n:] for row, n in zip(outputs, sent)]
             sent = [len(row) for row in outputs]
-        live_t = torch.tensor(live, device=device)
+        live_t = torch.tensor(live + [live[i] for i in twins], device=device)
+        next_ids = torch.cat([next_ids, next_ids[twins]])
         step_ids = torch.where(live_t, next_ids, torch.full_like(next_ids, pad_id))[:, None]
         history = torch.cat([history, torch.where(live_t, next_ids, history[:, 0])[:, None]], dim=1)
         mask = torch.cat([mask, live_t.long()[:, None]], dim=1)
@@ -140,7 +177,6 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream) -> Iterator
 def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast) -> list[list[int]]:
     """Rows with ``num_beams`` > 1 by beam search (one search per beam count, length and repetition penalty), the
     rest as ``generate`` decodes them."""
-    from anygpt import AnyGPTError
     from anygpt.lm.decoding.beam import beam_search
 
     if any(p.num_beams > 1 and not isinstance(g, SpanGrammar) for p, g in zip(presets, grammars)):

@@ -26,6 +26,11 @@ class GenerationPreset:
             ``repetition_penalty`` and ``min_new_tokens`` as transformers' does; temperature, top-k and top-p shape
             sampling only, so greedy and beam search leave them aside.
         length_penalty: Exponent of the length that divides a finished beam's log-probability.
+        guidance_scale: Classifier-free guidance of a text-to-X request (1.0 is off): each step's log-probabilities
+            are ``u + guidance_scale * (c - u)``, ``c`` from the prompt and ``u`` from the same prompt with its text
+            left out (transformers' ``guidance_scale``; MusicGen used 3). Only a model trained with
+            ``text_dropout`` knows the unconditional prompt. Runs the plain loop, which decodes the two prompts
+            side by side; not with beams, not in chat replies.
     """
 
     do_sample: bool = True
@@ -38,6 +43,7 @@ class GenerationPreset:
     decoder_steps: int = 3
     num_beams: int = 1
     length_penalty: float = 1.0
+    guidance_scale: float = 1.0
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
@@ -48,6 +54,10 @@ class GenerationPreset:
             raise AnyGPTError(f"decoder_steps must be at least 1, got {self.decoder_steps}")
         if self.num_beams < 1:
             raise AnyGPTError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.guidance_scale <= 0:
+            raise AnyGPTError(f"guidance_scale must be > 0 (1.0 is off), got {self.guidance_scale}")
+        if self.num_beams > 1 and self.guidance_scale != 1:
+            raise AnyGPTError("guidance_scale goes with num_beams 1 (a beam search is not guided)")
         if self.num_beams > 1 and self.do_sample:
             raise AnyGPTError(f"num_beams {self.num_beams} searches: set do_sample: false (beam sampling is not "
                               f"supported)")

@@ -221,3 +221,42 @@ def test_min_new_tokens_never_leaves_a_row_without_a_legal_token():
     assert allowed_ids(fixed) == [46] and fixed.blocked_stops() == []
     mask = _grammar_mask([fixed], 64, "cpu")
     assert mask[0].any()
+
+
+def test_guided_rows_match_transformers_classifier_free_guidance(tiny_llama):
+    """``guidance_scale`` against transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor (greedy), with an
+    unguided row in the same batch left as it decodes alone."""
+    prompts, unconditional = [[1, 5, 9, 11, 3, 7, 8], [1, 40, 41]], [[1, 5, 9], [1, 20]]
+    n = 10
+    guided = GenerationPreset(do_sample=False, max_new_tokens=n, guidance_scale=3.0)
+    greedy = GenerationPreset(do_sample=False, max_new_tokens=n)
+    ours = generate(tiny_llama, prompts, [guided, greedy], [SpanGrammar(None, stop_ids=[]) for _ in prompts],
+                    seeds=[0, 1], unconditional=unconditional)
+    ref = tiny_llama.generate(torch.tensor([prompts[0]]), attention_mask=torch.ones(1, 7, dtype=torch.long),
+                              max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None,
+                              guidance_scale=3.0, negative_prompt_ids=torch.tensor([unconditional[0]]))
+    assert ours[0] == ref[0, len(prompts[0]):].tolist()
+    plain = generate(tiny_llama, prompts[:1], [greedy], [SpanGrammar(None, stop_ids=[])], seeds=[0])[0]
+    assert ours[0] != plain  # the guidance changed the choice somewhere
+    assert ours[1] == generate(tiny_llama, prompts[1:], [greedy], [SpanGrammar(None, stop_ids=[])], seeds=[1])[0]
+    with pytest.raises(AnyGPTError, match="guidance_scale"):
+        GenerationPreset(guidance_scale=2.0, num_beams=2, do_sample=False)
+    with pytest.raises(AnyGPTError, match="unconditional holds 1 prompts for 2 rows"):
+        generate(tiny_llama, prompts, [guided, greedy], [SpanGrammar(None, stop_ids=[]) for _ in prompts],
+                 seeds=[0, 1], unconditional=[[1]])
+
+
+def test_guidance_runs_under_a_grammar_and_sampling(tiny_llama):
+    codec = FourSlotCodec()
+    preset = GenerationPreset(max_new_tokens=30, top_k=0, guidance_scale=2.5)
+    grammars = [SpanGrammar(MUSIC, codec, stop_ids=[2], lead_in_ids=[9]) for _ in range(2)]
+    outs = generate(tiny_llama, [[1, 5, 9]] * 2, [preset] * 2, grammars, seeds=[0, 1],
+                    unconditional=[[1, 5], [1, 5]])
+    for out in outs:
+        body = out[out.index(32) + 1:]
+        body = body[:-1] if body[-1] == 33 else body
+        for position, token in enumerate(body):
+            assert 20 + 3 * (position % 4) <= token < 23 + 3 * (position % 4)
+    again = generate(tiny_llama, [[1, 5, 9]], [preset], [SpanGrammar(MUSIC, codec, stop_ids=[2], lead_in_ids=[9])],
+                     seeds=[1], unconditional=[[1, 5]])
+    assert again[0] == outs[1]  # a guided row's draws depend on its seed, not its neighbours
