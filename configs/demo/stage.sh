@@ -65,7 +65,8 @@
 #                 start: part2_data where the LM's inputs are missing (data/demo_lm_inputs.txz unpacked first where
 #                 there is one), then part2_lm for the minutes left less 2 (its export and shipping), its cosine
 #                 fitted to them (DEMO_LM_STEPS_PER_MINUTE, default 1100: 7000 steps took 6.1 min beside
-#                 image_decoder_refine on one H200); beside them image_decoder_refine. With OUT:
+#                 image_decoder_refine on one H200; alone, part2_lm ran ~1600 a minute); beside them
+#                 image_decoder_refine. With OUT:
 #                 OUT/lm/weights.tar and OUT/dec/weights.tar; logs in runs/demo/{lease,refine}.log.
 #                 DEMO_LM_ARGS adds arguments to the LM's fit alone: `--model.backbone anygpt/demo/weights/lm`
 #                 trains the shipped LM on (its int8 weights, dequantized) instead of a fresh one
