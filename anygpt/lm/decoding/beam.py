@@ -71,6 +71,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
     step_ids, cache, length, sequences = input_ids, None, 0, input_ids
     least = torch.tensor(list(min_new_tokens or [0] * batch), device=device).repeat_interleave(beams)
     stop_ids = torch.tensor(sorted({t for g in grammars for t in g.stop_ids}), dtype=torch.long, device=device)
+    is_stop = None  # the vocabulary's stop tokens as a mask, built at the first step that blocks them
     while True:
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=position, use_cache=True,
                     **{cache_arg: cache})
@@ -84,7 +85,8 @@ def beam_search(model, prompts: Sequence[Sequence[int]], grammars: Sequence[Span
             seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
             log_probs = scores.scatter(1, ids, seen)[:, :vocab]
         if len(stop_ids) and bool((length < least).any()):
-            is_stop = torch.zeros(vocab, dtype=torch.bool, device=device).index_fill_(0, stop_ids, True)
+            if is_stop is None:
+                is_stop = torch.zeros(vocab, dtype=torch.bool, device=device).index_fill_(0, stop_ids, True)
             log_probs = log_probs.masked_fill((length < least)[:, None] & is_stop, float("-inf"))
         allowed = _grammar_mask([g for row in states for g in row], vocab, device)
         if allowed is not None:
