@@ -83,7 +83,7 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], presets: Sequence[G
     ``stream=False`` yields once, at the end; so do rows that search with beams (``num_beams`` > 1)."""
     guided = _guided_rows(presets, unconditional)
     if any(p.num_beams > 1 for p in presets):
-        return iter([_with_beams(model, prompts, presets, grammars, seeds, pad_id, fast)])
+        return iter([_with_beams(model, prompts, presets, grammars, seeds, pad_id, fast, unconditional)])
     if guided:
         return _plain(model, prompts, presets, grammars, seeds, pad_id, stream, guided)
     device = next(model.parameters()).device
@@ -111,11 +111,10 @@ def _guide(logits: torch.Tensor, guided: dict[int, list[int]], presets: Sequence
     rows = len(presets)
     if not guided:
         return logits
-    logp = logits.log_softmax(dim=-1)
-    out = logits[:rows].clone()
-    for twin, row in enumerate(guided, start=rows):
-        out[row] = logp[twin] + presets[row].guidance_scale * (logp[row] - logp[twin])
-    return out
+    steered = torch.tensor(list(guided), device=logits.device)
+    scale = torch.tensor([presets[i].guidance_scale for i in guided], device=logits.device)[:, None]
+    c, u = logits[steered].log_softmax(dim=-1), logits[rows:].log_softmax(dim=-1)
+    return logits[:rows].index_copy(0, steered, u + scale * (c - u))
 
 
 @torch.inference_mode()
@@ -174,9 +173,9 @@ def _plain(model, prompts, presets, grammars, seeds, pad_id, stream, guided=None
     yield [row[n:] for row, n in zip(outputs, sent)]
 
 
-def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast) -> list[list[int]]:
+def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast, unconditional=None) -> list[list[int]]:
     """Rows with ``num_beams`` > 1 by beam search (one search per beam count, length and repetition penalty), the
-    rest as ``generate`` decodes them."""
+    rest as ``generate`` decodes them (guided where their preset and ``unconditional`` say so)."""
     from anygpt.lm.decoding.beam import beam_search
 
     if any(p.num_beams > 1 and not isinstance(g, SpanGrammar) for p, g in zip(presets, grammars)):
@@ -189,7 +188,8 @@ def _with_beams(model, prompts, presets, grammars, seeds, pad_id, fast) -> list[
     for (beams, penalty, repetition), rows in groups.items():
         pick = lambda items: [items[i] for i in rows]  # noqa: E731
         if beams == 1:
-            found = generate(model, pick(prompts), pick(presets), pick(grammars), pick(seeds), pad_id, fast)
+            found = generate(model, pick(prompts), pick(presets), pick(grammars), pick(seeds), pad_id, fast,
+                             unconditional=None if unconditional is None else pick(unconditional))
         else:
             found = beam_search(model, pick(prompts), pick(grammars), beams,
                                 [presets[i].max_new_tokens for i in rows], penalty, pad_id=pad_id,

@@ -239,6 +239,10 @@ def test_guided_rows_match_transformers_classifier_free_guidance(tiny_llama):
     plain = generate(tiny_llama, prompts[:1], [greedy], [SpanGrammar(None, stop_ids=[])], seeds=[0])[0]
     assert ours[0] != plain  # the guidance changed the choice somewhere
     assert ours[1] == generate(tiny_llama, prompts[1:], [greedy], [SpanGrammar(None, stop_ids=[])], seeds=[1])[0]
+    beam = GenerationPreset(do_sample=False, max_new_tokens=n, num_beams=2)
+    beside_beams = generate(tiny_llama, prompts, [guided, beam], [SpanGrammar(None, stop_ids=[]) for _ in prompts],
+                            seeds=[0, 1], unconditional=unconditional)
+    assert beside_beams[0] == ours[0]  # a beam-searched neighbour leaves the guided row guided
     with pytest.raises(AnyGPTError, match="guidance_scale"):
         GenerationPreset(guidance_scale=2.0, num_beams=2, do_sample=False)
     with pytest.raises(AnyGPTError, match="unconditional holds 1 prompts for 2 rows"):
